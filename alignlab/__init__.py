@@ -1,0 +1,3 @@
+"""alignlab: post-training toolkit for small open language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,267 @@
+"""Strict, typed configuration: pydantic v2 models, YAML instances, dotted CLI overrides.
+
+Every section forbids unknown keys. Errors name the offending key (as a dotted path), the file it
+came from, and the closest valid key for a typo, before any model is loaded.
+
+    cfg = load_config(SFTConfig, "configs/sft_tiny.yaml", ["optim.lr=1e-4", "lora.r=8"])
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PACKAGE_CONFIGS = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says where and how."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared sections
+# ----------------------------------------------------------------------------------------------
+
+
+class ModelConfig(Strict):
+    path: str = Field(
+        "tiny:qwen2",
+        description="Local HF folder, hub id (online only), or tiny:<arch> to build a tiny model offline.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    trust_remote_code: bool = False
+
+
+class LoRAConfig(Strict):
+    enabled: bool = False
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    qlora: bool = Field(False, description="Load the base in 4-bit NF4 (bitsandbytes, CUDA only).")
+
+
+class OptimConfig(Strict):
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float | None = Field(1.0, description="Clip the global grad norm; null disables.")
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int | None = Field(None, ge=0, description="Overrides warmup_ratio when set.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class TrainingConfig(Strict):
+    total_steps: int | None = Field(None, gt=0, description="Optimizer steps; or set epochs.")
+    epochs: float | None = Field(None, gt=0)
+    global_batch_seqs: int = Field(32, gt=0, description="Sequences per optimizer step.")
+    micro_batch_seqs: int = Field(8, gt=0, description="Sequences per forward/backward.")
+    loss_normalizer: Literal["tokens", "sequences"] = Field(
+        "tokens",
+        description="tokens: sum of response-token NLL / response tokens in the whole optimizer step; "
+        "sequences: per-sequence mean NLL averaged over the step's sequences.",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    keep_last: int = Field(2, gt=0)
+    log_every: int = Field(1, gt=0)
+    resume: str = Field("auto", description="auto | never | path to a checkpoints/step_N folder")
+    hooks: list[str] = Field(
+        default_factory=list, description="'module:object' paths of objects with on_start/on_step_end/on_eval/on_save"
+    )
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> "TrainingConfig":
+        if self.global_batch_seqs % self.micro_batch_seqs:
+            raise ValueError(
+                f"global_batch_seqs={self.global_batch_seqs} is not a multiple of micro_batch_seqs="
+                f"{self.micro_batch_seqs}; gradient accumulation needs a whole number of micro-batches "
+                f"(e.g. micro_batch_seqs={_largest_divisor(self.global_batch_seqs, self.micro_batch_seqs)})"
+            )
+        if self.total_steps is None and self.epochs is None:
+            raise ValueError("set training.total_steps or training.epochs")
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.global_batch_seqs // self.micro_batch_seqs
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
+class ArithmeticConfig(Strict):
+    n_train: int = Field(4000, gt=0)
+    n_eval: int = Field(200, gt=0)
+    max_operand: int = Field(49, gt=0)
+    ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-"])
+
+
+class DataConfig(Strict):
+    train: str = Field("builtin:arithmetic", description="JSONL path, builtin:arithmetic, or hf:<path>[:split]")
+    eval: str | None = Field("builtin:arithmetic", description="Held-out set (same forms); null disables eval.")
+    format: Literal["plain", "chat"] = Field(
+        "plain", description="plain: prompt+response text; chat: apply the tokenizer's chat template."
+    )
+    max_seq_len: int = Field(128, gt=0)
+    on_too_long: Literal["error", "truncate", "drop"] = "error"
+    packing: bool = False
+    length_bucketing: bool = True
+    arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+
+
+class EvalConfig(Strict):
+    max_examples: int = Field(200, gt=0)
+    max_new_tokens: int = Field(16, gt=0)
+    batch_size: int = Field(64, gt=0)
+
+
+class SFTConfig(Strict):
+    name: str = "sft"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(total_steps=100))
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+C = TypeVar("C", bound=Strict)
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A file path, or a bare name of a packaged config (`sft_tiny` -> alignlab/configs/sft_tiny.yaml)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (PACKAGE_CONFIGS / p.name, PACKAGE_CONFIGS / f"{p.name}.yaml"):
+        if cand.is_file():
+            return cand
+    known = sorted(f.stem for f in PACKAGE_CONFIGS.glob("*.yaml"))
+    raise ConfigError(f"config file {str(path)!r} not found (packaged configs: {', '.join(known)})")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr=1e-4` -> (['optim', 'lr'], 1e-4). Values are parsed as YAML (lists, null, bools)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value (e.g. optim.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    if not key or any(not k for k in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as a string; numbers should be numbers
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str], schema: type[Strict]) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node, model = data, schema
+        for i, k in enumerate(keys):
+            fields = model.model_fields if model is not None else None
+            if fields is not None and k not in fields:
+                where = ".".join(keys[:i]) or "top level"
+                raise ConfigError(
+                    f"override {text!r}: unknown key {'.'.join(keys[: i + 1])!r} in {where}"
+                    + _suggest(k, list(fields))
+                )
+            sub = _submodel(model, k) if model is not None else None
+            if i == len(keys) - 1:
+                node[k] = value
+            else:
+                if not isinstance(node.get(k), dict):
+                    node[k] = {}
+                node, model = node[k], sub
+    return data
+
+
+def _submodel(model: type[Strict], key: str) -> type[Strict] | None:
+    ann = model.model_fields[key].annotation
+    return ann if isinstance(ann, type) and issubclass(ann, Strict) else None
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def format_validation_error(exc: ValidationError, schema: type[Strict], source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        dotted = ".".join(loc) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            parent = schema
+            for part in loc[:-1]:
+                parent = _submodel(parent, part) if parent is not None and part in parent.model_fields else None
+            valid = list(parent.model_fields) if parent is not None else []
+            msg = "unknown key" + (_suggest(loc[-1], valid) if valid else "")
+        elif "input" in err and err["type"] != "value_error":
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  {dotted}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(schema: type[C], path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> C:
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        p = resolve_config_path(path)
+        source = str(p)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, optim:, ...)")
+        data = loaded
+    if overrides:
+        data = apply_overrides(data, list(overrides), schema)
+        source += " + overrides " + " ".join(overrides)
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, schema, source)) from None
+
+
+def dump_config(cfg: Strict) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
