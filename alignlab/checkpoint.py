@@ -1,0 +1,127 @@
+"""Atomic checkpoints and exact resume.
+
+`checkpoints/step_N/` holds an ordinary HF model (or adapter) folder plus `trainer_state.pt`
+(optimizer, scheduler, RNG states, step). It is written into `checkpoints/.tmp-step_N-<pid>/` and
+renamed into place, so a process killed at any moment leaves either the previous checkpoints or the
+new complete one; half-written temporaries are removed on the next start.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .models import save_model
+
+STATE_FILE = "trainer_state.pt"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra: dict | None = None,
+         scaler=None) -> Path:
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp-step_{step}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(model, tokenizer, tmp)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": rng_state(), "extra": extra or {}}
+    if scaler is not None:
+        state["scaler"] = scaler.state_dict()
+    torch.save(state, tmp / STATE_FILE)
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace atomically
+        old = root / f".old-step_{step}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    prune(root, keep_last)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and (p / STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prune(root: Path, keep_last: int) -> None:
+    ckpts = list_checkpoints(root.parent)
+    for _, p in ckpts[:-keep_last]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def clean_temporaries(run_dir: Path) -> list[Path]:
+    """Remove leftovers of a save that was killed before its rename."""
+    root = checkpoints_dir(run_dir)
+    removed = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def find_resume(run_dir: Path, resume: str) -> Path | None:
+    """resume=auto: the latest complete checkpoint, if any; never: None (and refuse to overwrite
+    a run that has checkpoints); a path: that checkpoint."""
+    if resume == "never":
+        if list_checkpoints(run_dir):
+            raise FileExistsError(
+                f"{run_dir} already has checkpoints; continue it with training.resume=auto, or start a new run "
+                f"with name=<other>; nothing was overwritten"
+            )
+        return None
+    if resume == "auto":
+        clean_temporaries(run_dir)
+        ckpts = list_checkpoints(run_dir)
+        return ckpts[-1][1] if ckpts else None
+    p = Path(resume)
+    if not (p / STATE_FILE).is_file():
+        raise FileNotFoundError(f"training.resume={resume!r} is not a checkpoint folder (no {STATE_FILE} inside)")
+    return p
+
+
+def load_state(ckpt: Path) -> dict:
+    return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False)

@@ -1,0 +1,131 @@
+"""`alignlab <command>`: a thin dispatcher. Each command parses its own arguments and calls a
+`main()` that takes a typed config (training) or an argv list (tools)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# Commands implemented in their own modules, imported only when used (fast start, no torch for `plan`).
+TOOLS = {
+    "plan": ("alignlab.plan.cli", "hyperparameter and memory planner (no GPU needed)"),
+    "compare": ("alignlab.eval.compare", "paired statistical comparison of evaluated runs"),
+}
+TRAIN = {"sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning")}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def run_training(algo: str, argv: list[str]) -> int:
+    from . import config as C
+
+    module, schema_name, desc = TRAIN[algo]
+    ap = argparse.ArgumentParser(prog=f"alignlab {algo}", description=desc,
+                                 epilog="overrides: dotted key=value pairs, e.g. optim.lr=1e-4 lora.enabled=true")
+    ap.add_argument("--config", "-c", help="YAML file, or the name of a packaged config (e.g. sft_tiny)")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    schema = getattr(C, schema_name)
+    cfg = C.load_config(schema, args.config, args.overrides)
+    if args.print_config:
+        print(C.dump_config(cfg), end="")
+        return 0
+    _quiet_libraries()
+    run_dir = importlib.import_module(module).main(cfg)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def make_tiny(argv: list[str]) -> int:
+    from .tiny import ARCHS, DEFAULT_SIZE
+
+    ap = argparse.ArgumentParser(prog="alignlab make-tiny", description="build a tiny random model + tokenizer offline")
+    ap.add_argument("--arch", choices=ARCHS, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    for k, v in DEFAULT_SIZE.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=int, default=v)
+    args = ap.parse_args(argv)
+    _quiet_libraries()
+    from .tiny import make_tiny as build
+
+    sizes = {k: getattr(args, k) for k in DEFAULT_SIZE}
+    out = build(args.arch, args.out, seed=args.seed, **sizes)
+    print(f"wrote {out} ({args.arch}); load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+def merge_lora(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="alignlab merge-lora", description="fold a LoRA adapter into its base model")
+    ap.add_argument("--adapter", required=True, help="adapter folder (e.g. runs/x/checkpoints/step_100)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--base", help="base model path (default: the one recorded in adapter_config.json)")
+    args = ap.parse_args(argv)
+    _quiet_libraries()
+    from .models import merge_adapter
+
+    print(f"wrote {merge_adapter(args.adapter, args.out, args.base)}")
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    _quiet_libraries()
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
+BUILTIN = {"make-tiny": (make_tiny, "build a tiny model offline"), "merge-lora": (merge_lora, "merge a LoRA adapter"),
+           "demo": (demo, "the end-to-end demo on a tiny model")}
+
+
+def usage() -> str:
+    lines = ["usage: alignlab <command> [args]", "", "commands:"]
+    for name, (_, _, desc) in TRAIN.items():
+        lines.append(f"  {name:<12} {desc}")
+    for name, (_, desc) in {**BUILTIN, **TOOLS}.items():
+        lines.append(f"  {name:<12} {desc}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    from .config import ConfigError
+    from .data import DataError
+
+    try:
+        if cmd in TRAIN:
+            return run_training(cmd, rest)
+        if cmd in BUILTIN:
+            return BUILTIN[cmd][0](rest)
+        if cmd in TOOLS:
+            return int(importlib.import_module(TOOLS[cmd][0]).main(rest) or 0)
+    except (ConfigError, DataError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ == "TrainingDiverged":
+            print(f"error: {exc}", file=sys.stderr)
+            return 3
+        raise
+    print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""SFT data: load and validate, render with chat templates, tokenise with response masks, batch.
+
+Examples are validated and tokenised before any model is loaded, so a malformed line or an
+over-long example stops the run with `FILE:LINE: what is wrong; how to fix it`.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan's tokenisation contract
+# ----------------------------------------------------------------------------------------------
+
+
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    # A chat template may already start with the BOS text (Gemma); never add a second one.
+    bos = tokenizer.bos_token
+    add = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add)["input_ids"]
+
+
+def _output_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_prompt_and_output(prompt_strs: list[str], output_strs: list[str], tokenizer) -> dict[str, torch.Tensor]:
+    """Tokenise prompts and outputs separately, concatenate, right-pad with the pad id.
+
+    Returns `input_ids = seq[:, :-1]`, `labels = seq[:, 1:]` and `response_mask` (bool, on label
+    positions that are output tokens), each (B, max_len - 1).
+    """
+    if len(prompt_strs) != len(output_strs):
+        raise ValueError(f"{len(prompt_strs)} prompts but {len(output_strs)} outputs")
+    seqs, masks = [], []
+    for p, o in zip(prompt_strs, output_strs):
+        pi, oi = _prompt_ids(tokenizer, p), _output_ids(tokenizer, o)
+        seqs.append(pi + oi)
+        masks.append([False] * len(pi) + [True] * len(oi))
+    return _pad_and_shift(seqs, masks, tokenizer.pad_token_id)
+
+
+def _pad_and_shift(seqs: list[list[int]], masks: list[list[bool]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (s, m) in enumerate(zip(seqs, masks)):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
+    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "response_mask": mask[:, 1:]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and validation
+# ----------------------------------------------------------------------------------------------
+
+SFT_SHAPE = 'an SFT line is {"prompt": str, "response": str} or {"messages": [{"role": ..., "content": ...}, ...]}'
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; a bad line raises naming FILE:LINE."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                                f"fix or delete this line") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}; {SFT_SHAPE}")
+            rows.append((n, obj))
+    if not rows:
+        raise DataError(f"{path}: no examples (empty file)")
+    return rows
+
+
+def validate_sft_example(obj: dict, where: str) -> dict:
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(f"{where}: 'messages' must be a non-empty list; {SFT_SHAPE}")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}: messages[{i}] needs string 'role' and 'content'")
+        if msgs[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message must be the assistant's (it is the trained response), "
+                            f"got role {msgs[-1]['role']!r}")
+        return {"messages": msgs, "id": obj.get("id")}
+    missing = [k for k in ("prompt", "response") if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}; {SFT_SHAPE}")
+    for k in ("prompt", "response"):
+        if not isinstance(obj[k], str):
+            raise DataError(f"{where}: {k!r} must be a string, got {type(obj[k]).__name__}")
+    if not obj["response"]:
+        raise DataError(f"{where}: 'response' is empty; an SFT example needs something to learn")
+    return {"prompt": obj["prompt"], "response": obj["response"], "id": obj.get("id"),
+            **({"answer": obj["answer"]} if "answer" in obj else {})}
+
+
+def load_examples(spec: str, cfg: DataConfig, split: str, seed: int) -> list[dict]:
+    """Examples with a `where` (FILE:LINE or builtin:NAME#i) for error messages."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name != "arithmetic":
+            raise DataError(f"unknown built-in data set {spec!r}; available: builtin:arithmetic")
+        from .tasks import arithmetic
+
+        a = cfg.arithmetic
+        n = a.n_train if split == "train" else a.n_eval
+        rows = arithmetic.sample(n, a.max_operand, list(a.ops), split, seed)
+        return [{**r, "where": f"{spec}#{i}"} for i, r in enumerate(rows)]
+    if spec.startswith("hf:"):
+        return load_hf_dataset(spec[3:])
+    return [{**validate_sft_example(obj, f"{spec}:{n}"), "where": f"{spec}:{n}"} for n, obj in read_jsonl(spec)]
+
+
+def load_hf_dataset(spec_or_dataset) -> list[dict]:
+    """A `datasets.Dataset` object, or `path[:split]` saved with `save_to_disk` (offline)."""
+    if isinstance(spec_or_dataset, str):
+        import datasets
+
+        path, _, split = spec_or_dataset.partition(":")
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds[split or "train"]
+        name = spec_or_dataset
+    else:
+        ds, name = spec_or_dataset, "dataset"
+    return [{**validate_sft_example(dict(row), f"{name}[{i}]"), "where": f"{name}[{i}]"} for i, row in enumerate(ds)]
+
+
+def render(example: dict, tokenizer, fmt: str) -> tuple[str, str]:
+    """(prompt text, response text). The response ends with EOS so the model learns to stop."""
+    if fmt == "plain":
+        if "messages" in example:
+            raise DataError(f"{example['where']}: chat 'messages' need data.format=chat")
+        return example["prompt"], example["response"] + tokenizer.eos_token
+    msgs = example.get("messages") or [
+        {"role": "user", "content": example["prompt"]},
+        {"role": "assistant", "content": example["response"]},
+    ]
+    if not tokenizer.chat_template:
+        raise DataError("data.format=chat but the tokenizer has no chat template; use data.format=plain")
+    full = tokenizer.apply_chat_template(msgs, tokenize=False)
+    prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    if not full.startswith(prompt):
+        raise DataError(f"{example['where']}: the chat template renders the conversation so that the prompt is "
+                        f"not a prefix of the full text; cannot locate the response")
+    response = full[len(prompt):]
+    if not response.rstrip().endswith(tokenizer.eos_token) and tokenizer.eos_token not in response:
+        response += tokenizer.eos_token
+    return prompt, response
+
+
+@dataclass
+class Encoded:
+    """One tokenised example: `ids` = prompt + response token ids, `n_prompt` of them the prompt."""
+
+    ids: list[int]
+    n_prompt: int
+    example: dict
+
+    @property
+    def n_response(self) -> int:
+        return len(self.ids) - self.n_prompt
+
+
+def encode(examples: list[dict], tokenizer, cfg: DataConfig) -> list[Encoded]:
+    out = []
+    for ex in examples:
+        prompt, response = render(ex, tokenizer, cfg.format)
+        pi, ri = _prompt_ids(tokenizer, prompt), _output_ids(tokenizer, response)
+        n = len(pi) + len(ri)
+        if n > cfg.max_seq_len:
+            if cfg.on_too_long == "error":
+                raise DataError(
+                    f"{ex['where']}: example has {n} tokens ({len(pi)} prompt + {len(ri)} response) but "
+                    f"data.max_seq_len={cfg.max_seq_len}; raise data.max_seq_len, or set data.on_too_long=truncate "
+                    f"(cut the response) or data.on_too_long=drop"
+                )
+            if cfg.on_too_long == "drop" or len(pi) >= cfg.max_seq_len:
+                continue
+            ri = ri[: cfg.max_seq_len - len(pi)]
+        out.append(Encoded(pi + ri, len(pi), ex))
+    if not out:
+        raise DataError("no examples left after applying data.max_seq_len; raise it or shorten the data")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches
+# ----------------------------------------------------------------------------------------------
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (input_ids, labels, response_mask, attention_mask), each (B, T)."""
+    seqs = [e.ids for e in items]
+    masks = [[False] * e.n_prompt + [True] * e.n_response for e in items]
+    batch = _pad_and_shift(seqs, masks, pad_id)
+    lengths = torch.tensor([len(s) - 1 for s in seqs])
+    batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+    return batch
+
+
+def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """Greedily pack examples into rows of <= max_len tokens. `position_ids` restart at 0 for each
+    example and `attention_mask` is omitted: transformers then builds a block-diagonal causal mask,
+    so packed examples never attend to each other."""
+    rows: list[list[Encoded]] = []
+    for e in sorted(items, key=lambda e: -len(e.ids)):
+        for row in rows:
+            if sum(len(x.ids) for x in row) + len(e.ids) <= max_len:
+                row.append(e)
+                break
+        else:
+            rows.append([e])
+    width = max(sum(len(x.ids) for x in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for e in row:
+            n = len(e.ids)
+            t = torch.tensor(e.ids)
+            ids[r, at : at + n] = t
+            labels[r, at : at + n - 1] = t[1:]
+            mask[r, at + e.n_prompt - 1 : at + n - 1] = True  # label positions that are response tokens
+            pos[r, at : at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # padding tail: its own segment, masked out of the loss
+    return {"input_ids": ids, "labels": labels, "response_mask": mask, "position_ids": pos}
+
+
+class StepSampler:
+    """Deterministic data order: epoch e is a permutation seeded by (seed, e); step s takes the next
+    `per_step` examples. The position is a pure function of the step, so resume is exact."""
+
+    def __init__(self, n: int, per_step: int, seed: int):
+        self.n, self.per_step, self.seed = n, per_step, seed
+
+    def indices(self, step: int) -> list[int]:
+        out = []
+        start = step * self.per_step
+        for k in range(start, start + self.per_step):
+            epoch, i = divmod(k, self.n)
+            out.append(self._perm(epoch)[i])
+        return out
+
+    def _perm(self, epoch: int) -> list[int]:
+        cache = getattr(self, "_cache", None)
+        if cache is None or cache[0] != epoch:
+            perm = list(range(self.n))
+            random.Random(f"{self.seed}-epoch-{epoch}").shuffle(perm)
+            self._cache = (epoch, perm)
+        return self._cache[1]
+
+
+def micro_batches(items: list[Encoded], micro: int, bucket: bool) -> list[list[Encoded]]:
+    """Split one optimizer step's examples into micro-batches; with `bucket`, similar lengths go
+    together (less padding). The step's loss is normalised by the whole step's token count, so
+    the order cannot change the update."""
+    if bucket:
+        items = sorted(items, key=lambda e: len(e.ids))
+    return [items[i : i + micro] for i in range(0, len(items), micro)]

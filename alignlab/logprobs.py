@@ -1,0 +1,98 @@
+"""Token log-probs and entropy without materialising a full fp32 log-softmax over the vocabulary.
+
+For a 262k-vocabulary model, logits for a (8, 1024) batch are 8*1024*262144*4 B = 8 GiB in fp32,
+and a log-softmax doubles it. Here the decoder's final hidden states go through the LM head a chunk
+of tokens at a time; each chunk's logits live only inside that chunk (recomputed in backward with
+activation checkpointing when gradients are needed).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy in nats over the last dim: H = logsumexp(z) - sum softmax(z) * z.
+    logits: (..., V) -> (...). Stable for large logits (no exp overflow)."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1)
+    return lse - (p * logits).sum(dim=-1)
+
+
+def _final_logit_transform(config):
+    """Post-processing some architectures apply to the LM head's output (softcapping, scaling)."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None) or None
+    div = getattr(config, "logits_scaling", None) or None
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            z = z * scale
+        if div is not None:
+            z = z / div
+        if cap is not None:
+            z = torch.tanh(z / cap) * cap
+        return z
+
+    return f
+
+
+def _chunk_logps(head, transform, h: torch.Tensor, labels: torch.Tensor, want_entropy: bool):
+    z = transform(head(h)).float()  # (n, V) for this chunk only
+    lse = torch.logsumexp(z, dim=-1)
+    logp = z.gather(-1, labels[:, None]).squeeze(-1) - lse
+    if not want_entropy:
+        return logp, None
+    p = torch.exp(z - lse[:, None])
+    return logp, lse - (p * z).sum(-1)
+
+
+def _decoder_and_head(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings(), base.config
+
+
+def get_response_log_probs(
+    model,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    return_token_entropy: bool = False,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> dict[str, torch.Tensor]:
+    """log p(labels[b, t] | input_ids[b, :t+1]) for every position: {"log_probs": (B, T)[, "token_entropy": (B, T)]}.
+
+    input_ids, labels: (B, T) already shifted (labels[t] is the token after input_ids[t]).
+    The LM head runs over `chunk_tokens` positions at a time; values equal the naive
+    `log_softmax(model(input_ids).logits.float())` gather to fp32 rounding.
+    """
+    decoder, head, config = _decoder_and_head(model)
+    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    hidden = out.last_hidden_state  # (B, T, H)
+    B, T, H = hidden.shape
+    flat_h, flat_y = hidden.reshape(B * T, H), labels.reshape(B * T)
+    transform = _final_logit_transform(config)
+    logps, ents = [], []
+    for s in range(0, B * T, chunk_tokens):
+        args = (head, transform, flat_h[s : s + chunk_tokens], flat_y[s : s + chunk_tokens], return_token_entropy)
+        if torch.is_grad_enabled() and flat_h.requires_grad:
+            lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logps(*args)
+        logps.append(lp)
+        if return_token_entropy:
+            ents.append(ent)
+    result = {"log_probs": torch.cat(logps).view(B, T)}
+    if return_token_entropy:
+        result["token_entropy"] = torch.cat(ents).view(B, T)
+    return result
+
+
+def naive_response_log_probs(model, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
+    """The straightforward reference: full logits, full fp32 log-softmax, gather. (B, T)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, labels[..., None]).squeeze(-1)

@@ -1,0 +1,249 @@
+"""Load policies, references and tokenizers; LoRA / QLoRA through peft; save, merge, unload.
+
+Models always load through `AutoModelForCausalLM.from_pretrained` from a local folder (or a hub id
+when the machine is online), so a tiny model and a real Gemma-3 go through the same code path.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, LoRAConfig, ModelConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device=cuda but no CUDA device is visible; use model.device=auto or cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("model.device=mps but MPS is not available; use model.device=auto or cpu")
+    return torch.device(requested)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "mps"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a step runs: weights' storage dtype, autocast dtype (None = off), grad scaler on/off."""
+
+    weights: torch.dtype
+    autocast: torch.dtype | None
+    scaler: bool
+
+    def autocast_ctx(self, device: torch.device):
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
+
+def pick_precision(model_dtype: str, precision: str, device: torch.device, lora: bool) -> Precision:
+    """fp32 on CPU by default; bf16 autocast where supported; fp16 + GradScaler where bf16 is not.
+
+    Full fine-tuning keeps fp32 master weights under autocast. A LoRA base is frozen, so it is stored
+    in the half dtype to save memory while the adapters train in fp32.
+    """
+    if precision == "auto":
+        precision = "fp32" if device.type == "cpu" else ("bf16" if bf16_supported(device) else "fp16")
+    if precision == "bf16" and not bf16_supported(device) and device.type != "cpu":
+        raise ConfigError(f"training.precision=bf16 but {device} has no bf16 support; use fp16 or auto")
+    half = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if model_dtype != "auto":
+        weights = _DTYPES[model_dtype]
+    else:
+        weights = half if (lora and half is not None) else torch.float32
+    return Precision(weights=weights, autocast=half, scaler=precision == "fp16")
+
+
+def resolve_model_path(path: str) -> str:
+    """tiny:<arch> builds offline; a local folder is used as is; a hub id needs the network."""
+    if path.startswith("tiny:"):
+        from .tiny import resolve_tiny
+
+        return str(resolve_tiny(path))
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists():
+            raise ConfigError(f"model.path={path!r} is a folder without config.json (not a Hugging Face model folder)")
+        return str(p)
+    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise ConfigError(f"model.path={path!r} does not exist (expected a local folder, a hub id like "
+                          f"google/gemma-3-270m, or tiny:qwen2)")
+    if _in_hf_cache(path):
+        return path
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise ConfigError(
+            f"model.path={path!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be "
+            f"reached from this machine. Download it on a machine that is online and pass model.path=/its/folder, "
+            f"or use a tiny model built offline: model.path=tiny:qwen2 (see `alignlab make-tiny`)."
+        )
+    return path
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:  # many base models ship without one; eos is the usual stand-in
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, quantize_4bit: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = dict(dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation != "auto":
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if quantize_4bit:
+        kwargs["quantization_config"] = qlora_quantization_config(dtype)
+        kwargs["device_map"] = {"": device.index or 0}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if not quantize_4bit:
+        model.to(device)
+    return model
+
+
+def qlora_quantization_config(compute_dtype: torch.dtype):
+    """4-bit NF4 with double quantisation (QLoRA, arXiv:2305.14314). CUDA + bitsandbytes only."""
+    if not torch.cuda.is_available():
+        raise ConfigError("lora.qlora=true needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine use "
+                          "lora.qlora=false (plain LoRA) or run on a GPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("lora.qlora=true needs bitsandbytes: pip install 'alignlab[bitsandbytes]'") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def apply_lora(model, lora: LoRAConfig, quantized: bool = False):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = lora.target_modules
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    if targets != ["all-linear"] and not set(targets) & present:
+        raise ConfigError(f"lora.target_modules={targets} matches no module of this model; "
+                          f"linear layers here include: {', '.join(sorted(n for n in present if 'proj' in n))}")
+    peft_cfg = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets, task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, peft_cfg)
+    for p in model.parameters():  # adapters train in fp32 even when the frozen base is half precision
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
+def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "auto", adapter_dir: str | None = None):
+    """-> (model, tokenizer, device, Precision). `adapter_dir` resumes a LoRA policy from a checkpoint."""
+    from peft import PeftModel
+
+    device = pick_device(model_cfg.device)
+    prec = pick_precision(model_cfg.dtype, precision, device, lora_cfg.enabled)
+    path = resolve_model_path(model_cfg.path)
+    tok = load_tokenizer(path)
+    if lora_cfg.qlora and not lora_cfg.enabled:
+        raise ConfigError("lora.qlora=true needs lora.enabled=true")
+    model = load_causal_lm(path, model_cfg, device, prec.weights, quantize_4bit=lora_cfg.qlora)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora_cfg.enabled:
+        if adapter_dir is not None:
+            model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+        else:
+            model = apply_lora(model, lora_cfg, quantized=lora_cfg.qlora)
+        if model_cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model, tok, device, prec
+
+
+def is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def reference_mode(model):
+    """The reference policy of a LoRA model is its base with adapters disabled: no second copy."""
+    if not is_peft(model):
+        raise ValueError("reference_mode needs a LoRA (peft) model; full fine-tuning keeps a frozen copy instead")
+    with model.disable_adapter():
+        yield model
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike) -> None:
+    """A normal HF folder: adapter_config.json + adapter weights for LoRA, full weights otherwise."""
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def merge_adapter(adapter_dir: str, out_dir: str, base_path: str | None = None) -> Path:
+    """Fold LoRA weights into the base and save a plain model folder (loads without peft)."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    base = resolve_model_path(base_path or cfg["base_model_name_or_path"])
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    load_tokenizer(adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

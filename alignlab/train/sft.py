@@ -1,0 +1,179 @@
+"""Supervised fine-tuning: next-token NLL on response tokens only.
+
+Variant: the loss of an optimizer step is the sum of response-token NLL over all of the step's
+micro-batches divided by the number of response tokens in the whole step (`loss_normalizer=tokens`,
+default) or the mean over the step's sequences of each sequence's mean token NLL
+(`loss_normalizer=sequences`). Either way the normaliser is fixed before the micro-batch loop, so
+8 micro-batches of 1 and 2 of 4 give the same update (tested). AdamW with decoupled weight decay
+(not on biases/norms), global grad-norm clipping, warmup + cosine/linear/constant schedule.
+Evaluation: held-out token NLL (teacher forced) and exact match of greedy generations.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, data, losses, models, optim, rollout, tracking
+from ..config import SFTConfig
+from ..logprobs import get_response_log_probs
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf; nothing was saved from the bad step."""
+
+
+@dataclass
+class Context:
+    """What hooks receive: read anything, change at your own risk."""
+
+    cfg: SFTConfig
+    run: tracking.Run
+    model: object
+    tokenizer: object
+    optimizer: object
+
+
+def load_hooks(paths: list[str], extra: list | None) -> list:
+    hooks = list(extra or [])
+    for spec in paths:
+        mod, _, attr = spec.partition(":")
+        obj = getattr(importlib.import_module(mod), attr)
+        hooks.append(obj() if isinstance(obj, type) else obj)
+    return hooks
+
+
+def call_hooks(hooks: list, event: str, *args) -> None:
+    for h in hooks:
+        fn = getattr(h, event, None)
+        if fn is not None:
+            fn(*args)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def make_batch(items: list[data.Encoded], cfg: SFTConfig, pad_id: int) -> dict:
+    if cfg.data.packing:
+        return data.collate_packed(items, pad_id, cfg.data.max_seq_len)
+    return data.collate(items, pad_id)
+
+
+def micro_logps(model, batch: dict, prec: models.Precision, device: torch.device) -> torch.Tensor:
+    with prec.autocast_ctx(device):
+        return get_response_log_probs(
+            model, batch["input_ids"], batch["labels"],
+            attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
+        )["log_probs"]  # (B, T)
+
+
+@torch.no_grad()
+def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, prec) -> tuple[dict, list[dict]]:
+    """Held-out NLL per response token, and exact match of greedy completions."""
+    model.eval()
+    items = eval_set[: cfg.eval.max_examples]
+    nll, n_tok = 0.0, 0
+    for mb in data.micro_batches(items, cfg.training.micro_batch_seqs, bucket=True):
+        batch = to_device(make_batch(mb, cfg, tok.pad_token_id), device)
+        logps = micro_logps(model, batch, prec, device)
+        nll += float(-losses.masked_normalize(logps, batch["response_mask"]))
+        n_tok += int(batch["response_mask"].sum())
+    prompts = [tok.decode(e.ids[: e.n_prompt], skip_special_tokens=False) for e in items]
+    with prec.autocast_ctx(device):
+        ro = rollout.generate(model, tok, prompts, max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    rows, correct = [], 0
+    for e, p, c in zip(items, prompts, ro.completions):
+        ref = e.example.get("answer", e.example.get("response", ""))
+        ok = c.strip() == str(ref).strip()
+        correct += ok
+        rows.append({"id": e.example.get("id"), "prompt": p, "completion": c, "reference": ref, "exact_match": ok})
+    model.train()
+    return {"eval/loss": nll / max(n_tok, 1), "eval/exact_match": correct / max(len(items), 1)}, rows
+
+
+def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
+    t = cfg.training
+    # Data first: bad lines and over-long examples fail before any model is loaded.
+    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    train_set = data.encode(data.load_examples(cfg.data.train, cfg.data, "train", cfg.seed), tok, cfg.data)
+    eval_set = (data.encode(data.load_examples(cfg.data.eval, cfg.data, "eval", cfg.seed), tok, cfg.data)
+                if cfg.data.eval else [])
+    total_steps = t.total_steps or max(1, math.ceil(t.epochs * len(train_set) / t.global_batch_seqs))
+
+    resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
+    run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
+    model_cfg = cfg.model
+    if resume_from is not None and not cfg.lora.enabled:
+        model_cfg = cfg.model.model_copy(update={"path": str(resume_from)})
+    policy, tok, device, prec = models.load_policy(
+        model_cfg, cfg.lora, t.precision, adapter_dir=str(resume_from) if resume_from and cfg.lora.enabled else None)
+    opt, sched = optim.build(policy, cfg.optim, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
+    start = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(state["rng"])
+        start = state["step"]
+        run.truncate_after(start)
+        tracking.console.print(f"[green]resumed from {resume_from} (step {start})")
+    hooks = load_hooks(t.hooks, hooks)
+    ctx = Context(cfg, run, policy, tok, opt)
+    call_hooks(hooks, "on_start", ctx)
+    trainable, total = models.count_parameters(policy)
+    tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
+                           f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
+                           f"({t.grad_accum_steps} micro-batches of {t.micro_batch_seqs})")
+
+    if start == 0 and eval_set:  # the "before" row of every comparison
+        metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
+        run.log(0, **metrics)
+        run.samples(0, rows)
+
+    sampler = data.StepSampler(len(train_set), t.global_batch_seqs, cfg.seed)
+    policy.train()
+    with tracking.progress(total_steps, start, cfg.name) as bar:
+        for step in range(start, total_steps):
+            t0 = time.perf_counter()
+            items = [train_set[i] for i in sampler.indices(step)]
+            n_tokens = sum(e.n_response for e in items)  # the step's normaliser, fixed up front
+            step_loss, n_seen = 0.0, 0
+            for mb in data.micro_batches(items, t.micro_batch_seqs, cfg.data.length_bucketing):
+                batch = to_device(make_batch(mb, cfg, tok.pad_token_id), device)
+                logps = micro_logps(policy, batch, prec, device)
+                loss, _ = losses.sft_nll(logps, batch["response_mask"], t.loss_normalizer, n_tokens, len(items))
+                (scaler.scale(loss) if scaler else loss).backward()
+                step_loss += loss.item()
+                n_seen += batch["input_ids"].numel()
+            if not math.isfinite(step_loss):
+                raise TrainingDiverged(
+                    f"loss is {step_loss} at step {step + 1}; the update was not applied and the last checkpoint "
+                    f"is intact. Lower optim.lr, check the data, or try training.precision=fp32.")
+            grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
+            if not math.isfinite(grad_norm) and scaler is None:
+                raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}; lower optim.lr")
+            done = step + 1
+            dt = time.perf_counter() - t0
+            row = run.log(done, **{"loss/train": step_loss, "lr": sched.get_last_lr()[0], "grad/norm": grad_norm,
+                                   "tokens/response": n_tokens, "tokens/per_s": n_seen / dt, "time/step": dt,
+                                   "mem/peak_gb": tracking.peak_memory_gb(device)})
+            bar.update(bar.task_ids[0], advance=1, loss=f"{step_loss:.4f}", tps=f"{n_seen / dt:,.0f}")
+            call_hooks(hooks, "on_step_end", ctx, done, row)
+            if eval_set and run.due(done, t.eval_every, total_steps):
+                metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
+                run.log(done, **metrics)
+                run.samples(done, rows)
+                call_hooks(hooks, "on_eval", ctx, done, metrics)
+                bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if run.due(done, t.save_every, total_steps):
+                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
+                call_hooks(hooks, "on_save", ctx, done, path)
+    return cfg.run_dir
