@@ -15,11 +15,21 @@ DEFAULT_CHUNK_TOKENS = 1024
 
 def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-token entropy in nats over the last dim: H = logsumexp(z) - sum softmax(z) * z.
-    logits: (..., V) -> (...). Stable for large logits (no exp overflow)."""
-    logits = logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
-    p = torch.softmax(logits, dim=-1)
-    return lse - (p * logits).sum(dim=-1)
+    logits: (..., V) -> (...). Evaluated on z - max(z): no overflow, no cancellation at large z."""
+    zs, lse = _shifted(logits)
+    return _entropy(zs, lse)
+
+
+def _shifted(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z - max z, logsumexp(z - max z)) in fp32: log-softmax = zs - lse, exactly as precise as it gets."""
+    z = z.float()
+    zs = z - z.amax(dim=-1, keepdim=True).detach()
+    return zs, torch.logsumexp(zs, dim=-1)
+
+
+def _entropy(zs: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    p = torch.exp(zs - lse[..., None])
+    return lse - torch.where(p > 0, p * zs, torch.zeros_like(zs)).sum(-1)  # p == 0 adds 0 even at z = -inf
 
 
 def _final_logit_transform(config):
@@ -41,13 +51,9 @@ def _final_logit_transform(config):
 
 
 def _chunk_logps(head, transform, h: torch.Tensor, labels: torch.Tensor, want_entropy: bool):
-    z = transform(head(h)).float()  # (n, V) for this chunk only
-    lse = torch.logsumexp(z, dim=-1)
-    logp = z.gather(-1, labels[:, None]).squeeze(-1) - lse
-    if not want_entropy:
-        return logp, None
-    p = torch.exp(z - lse[:, None])
-    return logp, lse - (p * z).sum(-1)
+    zs, lse = _shifted(transform(head(h)))  # (n, V) for this chunk only
+    logp = zs.gather(-1, labels[:, None]).squeeze(-1) - lse
+    return logp, (_entropy(zs, lse) if want_entropy else None)
 
 
 def _decoder_and_head(model):
@@ -71,6 +77,9 @@ def get_response_log_probs(
     `log_softmax(model(input_ids).logits.float())` gather to fp32 rounding.
     """
     decoder, head, config = _decoder_and_head(model)
+    if position_ids is None and attention_mask is not None:
+        # Positions count real tokens only, so left and right padding give the same log-probs.
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     hidden = out.last_hidden_state  # (B, T, H)
     B, T, H = hidden.shape

@@ -118,10 +118,14 @@ def _m():
     lim = payload["limits"]
     iso = {"rlimits": []}
 
+    # Bind everything used after user code runs: the program may rebind builtins or os.*.
+    dumps, write, _exit, _exec, _type, _isinstance, _str, _getattr = (
+        json.dumps, os.write, os._exit, exec, type, isinstance, str, getattr)
+
     def report(obj):
         try:
-            os.write(info_fd, (json.dumps(obj) + "\n").encode("utf-8", "replace"))
-        except OSError:
+            write(info_fd, (dumps(obj) + "\n").encode("utf-8", "replace"))
+        except BaseException:
             pass
 
     def setlim(name, soft, hard=None):
@@ -138,6 +142,10 @@ def _m():
     setlim("RLIMIT_CPU", lim["cpu_s"], lim["cpu_s"] + 1)
     setlim("RLIMIT_FSIZE", lim["file_size_mb"] * 1024 * 1024)
     setlim("RLIMIT_NOFILE", lim["max_open_files"])
+    try:
+        iso["netns"] = os.readlink("/proc/self/ns/net") != payload["parent_netns"]
+    except OSError:
+        iso["netns"] = False
     iso["uid_dropped"] = False
     if payload["drop_to"] is not None and os.geteuid() == 0:
         try:
@@ -149,10 +157,6 @@ def _m():
         except OSError as e:
             iso["uid_drop_error"] = str(e)
     setlim("RLIMIT_AS", lim["memory_mb"] * 1024 * 1024)
-    try:
-        iso["netns"] = os.readlink("/proc/self/ns/net") != payload["parent_netns"]
-    except OSError:
-        iso["netns"] = False
 
     # ---- interpreter guard -------------------------------------------------------------
     import socket as _real_socket
@@ -202,10 +206,9 @@ def _m():
     ALWAYS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
               "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill",
               "resource.setrlimit", "resource.prlimit", "gc.get_objects", "gc.get_referrers",
-              "gc.get_referents", "sys._getframe", "sys._current_frames", "os.setuid",
-              "os.chroot", "os.startfile", "webbrowser.open", "os.unshare", "os.setns",
-              "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
-              "socket.sendto", "socket.sendmsg", "socket.gethostbyname", "mmap.__new__"}
+              "gc.get_referents", "os.chroot", "os.startfile", "webbrowser.open", "os.unshare",
+              "os.setns", "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
+              "socket.sendto", "socket.sendmsg", "socket.gethostbyname"}
     BLOCKED_IMPORTS = {"_socket", "_ssl", "_posixsubprocess", "_ctypes", "_multiprocessing"}
     # event -> (indices of path arguments, index of dir_fd or None)
     PATHS = {"os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.rename": ((0, 1), 2),
@@ -272,28 +275,31 @@ def _m():
     sys.addaudithook(hook)
     ns = {"__name__": "__main__", "__builtins__": builtins}
     phase = "program"
+    out, err = sys.stdout, sys.stderr
     try:
-        exec(prog, ns)
+        _exec(prog, ns)
         phase = "tests"
-        exec(tests, ns)
+        _exec(tests, ns)
     except BaseException as e:  # noqa: B036 -- SystemExit and KeyboardInterrupt are failures too
         try:
-            msg = str(e)[:500]
+            msg = _str(e)[:500]
         except BaseException:
             msg = "<unprintable>"
-        report({"phase": phase, "outcome": "exception", "type": type(e).__name__, "message": msg,
-                "violation": isinstance(e, SandboxViolation), "errno": getattr(e, "errno", None)})
+        errno = _getattr(e, "errno", None)
+        report({"phase": phase, "outcome": "exception", "type": _type(e).__name__, "message": msg,
+                "violation": _isinstance(e, SandboxViolation),
+                "errno": errno if _type(errno) is int else None})
         try:
-            sys.stdout.flush(); sys.stderr.flush()
+            out.flush(); err.flush()
         except BaseException:
             pass
-        os._exit(1)
+        _exit(1)
     try:
-        sys.stdout.flush(); sys.stderr.flush()
+        out.flush(); err.flush()
     except BaseException:
         pass
     report({"phase": "done", "outcome": "passed", "token": token})
-    os._exit(0)
+    _exit(0)
 _m()
 '''
 
@@ -328,6 +334,31 @@ def network_wrapper() -> list[str]:
                     _NET_WRAPPER = cand + ["--"]
                     break
         return _NET_WRAPPER
+
+
+_DROP_OK: bool | None = None
+
+
+def uid_drop_works(python: str | None = None) -> bool:
+    """Whether a root interpreter that switches to ``nobody`` can still import the standard library.
+
+    False when the interpreter lives somewhere ``nobody`` cannot read (e.g. under /root); the
+    sandbox then keeps the invoking uid and relies on the other layers. Probed once per process.
+    """
+    global _DROP_OK
+    with _NET_LOCK:
+        if _DROP_OK is None:
+            _DROP_OK = False
+            if os.geteuid() == 0:
+                code = ("import os; os.setgroups([]); os.setgid(%d); os.setuid(%d); "
+                        "import colorsys, fractions, decimal, json" % (NOBODY_GID, NOBODY_UID))
+                try:
+                    r = subprocess.run([python or sys.executable, "-s", "-B", "-c", code], cwd="/",
+                                       capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
+                    _DROP_OK = r.returncode == 0
+                except (OSError, subprocess.SubprocessError):
+                    _DROP_OK = False
+        return _DROP_OK
 
 
 def _scrubbed_env(workdir: str) -> dict[str, str]:
@@ -426,7 +457,8 @@ def _run(program: str, tests: str, limits: SandboxLimits, python: str,
     token = secrets.token_hex(16)
     is_root = os.geteuid() == 0
     wrapper = network_wrapper() if network_isolation else []
-    drop_to = (NOBODY_UID, NOBODY_GID) if (is_root and drop_privileges) else None
+    drop_to = (NOBODY_UID, NOBODY_GID) if (is_root and drop_privileges and uid_drop_works(python)) \
+        else None
     try:
         parent_netns = os.readlink("/proc/self/ns/net")
     except OSError:

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models of every architecture, built once per session, offline."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ARCHS = ("gemma3_text", "qwen2", "qwen3", "llama")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """tiny:<arch> model specs resolve into a per-session cache, never the user's."""
+    os.environ["ALIGNLAB_CACHE"] = str(tmp_path_factory.mktemp("alignlab-cache"))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    from alignlab.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {a: make_tiny(a, root / a) for a in ARCHS}
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tiny_dirs):
+    return tiny_dirs["qwen2"]
+
+
+def sft_overrides(tmp_path, model_dir, name="run", **extra) -> list[str]:
+    """A few-second SFT run on the tiny model."""
+    base = {
+        "name": name, "out_dir": str(tmp_path), "model.path": str(model_dir),
+        "training.total_steps": 4, "training.global_batch_seqs": 8, "training.micro_batch_seqs": 4,
+        "training.eval_every": 0, "training.save_every": 0, "optim.lr": 1e-3, "optim.warmup_ratio": 0.25,
+        "data.arithmetic.n_train": 64, "data.arithmetic.n_eval": 8, "eval.max_examples": 8,
+        "eval.max_new_tokens": 4,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def load_sft(tmp_path, model_dir, name="run", **extra):
+    from alignlab.config import SFTConfig, load_config
+
+    return load_config(SFTConfig, "sft_tiny", sft_overrides(tmp_path, model_dir, name, **extra))
