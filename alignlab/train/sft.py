@@ -72,6 +72,23 @@ def micro_logps(model, batch: dict, prec: models.Precision, device: torch.device
         )["log_probs"]  # (B, T)
 
 
+def accumulate_step(model, items: list[data.Encoded], cfg: SFTConfig, pad_id: int, device, prec, scaler=None):
+    """Forward/backward every micro-batch of one optimizer step; grads accumulate in `.grad`.
+    The normaliser (the step's response tokens or sequences) is fixed before the first micro-batch.
+    Returns (step loss, tokens processed)."""
+    t = cfg.training
+    n_tokens = sum(e.n_response for e in items)
+    step_loss, n_seen = 0.0, 0
+    for mb in data.micro_batches(items, t.micro_batch_seqs, cfg.data.length_bucketing):
+        batch = to_device(make_batch(mb, cfg, pad_id), device)
+        logps = micro_logps(model, batch, prec, device)
+        loss, _ = losses.sft_nll(logps, batch["response_mask"], t.loss_normalizer, n_tokens, len(items))
+        (scaler.scale(loss) if scaler else loss).backward()
+        step_loss += loss.item()
+        n_seen += batch["input_ids"].numel()
+    return step_loss, n_seen
+
+
 @torch.no_grad()
 def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, prec) -> tuple[dict, list[dict]]:
     """Held-out NLL per response token, and exact match of greedy completions."""
@@ -144,15 +161,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
-            n_tokens = sum(e.n_response for e in items)  # the step's normaliser, fixed up front
-            step_loss, n_seen = 0.0, 0
-            for mb in data.micro_batches(items, t.micro_batch_seqs, cfg.data.length_bucketing):
-                batch = to_device(make_batch(mb, cfg, tok.pad_token_id), device)
-                logps = micro_logps(policy, batch, prec, device)
-                loss, _ = losses.sft_nll(logps, batch["response_mask"], t.loss_normalizer, n_tokens, len(items))
-                (scaler.scale(loss) if scaler else loss).backward()
-                step_loss += loss.item()
-                n_seen += batch["input_ids"].numel()
+            step_loss, n_seen = accumulate_step(policy, items, cfg, tok.pad_token_id, device, prec, scaler)
             if not math.isfinite(step_loss):
                 raise TrainingDiverged(
                     f"loss is {step_loss} at step {step + 1}; the update was not applied and the last checkpoint "
@@ -163,7 +172,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
             done = step + 1
             dt = time.perf_counter() - t0
             row = run.log(done, **{"loss/train": step_loss, "lr": sched.get_last_lr()[0], "grad/norm": grad_norm,
-                                   "tokens/response": n_tokens, "tokens/per_s": n_seen / dt, "time/step": dt,
+                                   "tokens/response": sum(e.n_response for e in items), "tokens/per_s": n_seen / dt, "time/step": dt,
                                    "mem/peak_gb": tracking.peak_memory_gb(device)})
             bar.update(bar.task_ids[0], advance=1, loss=f"{step_loss:.4f}", tps=f"{n_seen / dt:,.0f}")
             call_hooks(hooks, "on_step_end", ctx, done, row)
