@@ -10,26 +10,22 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK_TOKENS = 1024
+CHUNK_BYTES = 2**28  # ~256 MiB of fp32 logits per chunk: 256 tokens at a 262k vocabulary
+
+
+def default_chunk_tokens(vocab_size: int) -> int:
+    return max(16, CHUNK_BYTES // (4 * vocab_size))
 
 
 def compute_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Per-token entropy in nats over the last dim: H = logsumexp(z) - sum softmax(z) * z.
-    logits: (..., V) -> (...). Evaluated on z - max(z): no overflow, no cancellation at large z."""
-    zs, lse = _shifted(logits)
-    return _entropy(zs, lse)
+    """Per-token entropy in nats over the last dim: H = -sum softmax(z) * log_softmax(z).
+    logits: (..., V) -> (...). Uses the fused, max-shifted log_softmax: no overflow, no cancellation."""
+    return _entropy(torch.log_softmax(logits.float(), dim=-1))
 
 
-def _shifted(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z - max z, logsumexp(z - max z)) in fp32: log-softmax = zs - lse, exactly as precise as it gets."""
-    z = z.float()
-    zs = z - z.amax(dim=-1, keepdim=True).detach()
-    return zs, torch.logsumexp(zs, dim=-1)
-
-
-def _entropy(zs: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
-    p = torch.exp(zs - lse[..., None])
-    return lse - torch.where(p > 0, p * zs, torch.zeros_like(zs)).sum(-1)  # p == 0 adds 0 even at z = -inf
+def _entropy(logsm: torch.Tensor) -> torch.Tensor:
+    p = logsm.exp()
+    return -torch.where(p > 0, p * logsm, torch.zeros_like(logsm)).sum(-1)  # p == 0 adds 0 even at -inf
 
 
 def _final_logit_transform(config):
@@ -51,9 +47,9 @@ def _final_logit_transform(config):
 
 
 def _chunk_logps(head, transform, h: torch.Tensor, labels: torch.Tensor, want_entropy: bool):
-    zs, lse = _shifted(transform(head(h)))  # (n, V) for this chunk only
-    logp = zs.gather(-1, labels[:, None]).squeeze(-1) - lse
-    return logp, (_entropy(zs, lse) if want_entropy else None)
+    logsm = torch.log_softmax(transform(head(h)).float(), dim=-1)  # (n, V) for this chunk only
+    logp = logsm.gather(-1, labels[:, None]).squeeze(-1)
+    return logp, (_entropy(logsm) if want_entropy else None)
 
 
 def _decoder_and_head(model):
@@ -68,12 +64,12 @@ def get_response_log_probs(
     return_token_entropy: bool = False,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """log p(labels[b, t] | input_ids[b, :t+1]) for every position: {"log_probs": (B, T)[, "token_entropy": (B, T)]}.
 
     input_ids, labels: (B, T) already shifted (labels[t] is the token after input_ids[t]).
-    The LM head runs over `chunk_tokens` positions at a time; values equal the naive
+    The LM head runs over `chunk_tokens` positions at a time (default: ~256 MiB of fp32 logits); values equal the naive
     `log_softmax(model(input_ids).logits.float())` gather to fp32 rounding.
     """
     decoder, head, config = _decoder_and_head(model)
@@ -85,6 +81,7 @@ def get_response_log_probs(
     B, T, H = hidden.shape
     flat_h, flat_y = hidden.reshape(B * T, H), labels.reshape(B * T)
     transform = _final_logit_transform(config)
+    chunk_tokens = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
     logps, ents = [], []
     for s in range(0, B * T, chunk_tokens):
         args = (head, transform, flat_h[s : s + chunk_tokens], flat_y[s : s + chunk_tokens], return_token_entropy)
