@@ -227,6 +227,13 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def remove_adapter(model):
+    """Drop the LoRA layers without merging: the original base model back, unchanged."""
+    if not is_peft(model):
+        raise ValueError("remove_adapter needs a LoRA (peft) model")
+    return model.unload()
+
+
 def merge_adapter(adapter_dir: str, out_dir: str, base_path: str | None = None) -> Path:
     """Fold LoRA weights into the base and save a plain model folder (loads without peft)."""
     import json

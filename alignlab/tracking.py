@@ -87,12 +87,42 @@ def peak_memory_gb(device: torch.device) -> float:
     return kb / (2**30 if sys.platform == "darwin" else 2**20)
 
 
-def progress(total: int, start: int = 0, description: str = "train") -> Progress:
+class LineProgress:
+    """Progress for logs and CI (no terminal): one plain line every ~5% of the steps, with loss,
+    tokens/s and ETA, and messages printed as they happen (a live bar would hold them back)."""
+
+    def __init__(self, total: int, start: int, description: str):
+        self.total, self.done, self.description = total, start, description
+        self.every = max(1, total // 20)
+        self.t0, self.start = time.time(), start
+        self.task_ids = [0]
+        self.console = console
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, _task, advance: int = 1, loss: str = "-", tps: str = "-") -> None:
+        self.done += advance
+        if self.done % self.every and self.done != self.total:
+            return
+        rate = (self.done - self.start) / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        console.print(f"{self.description} {self.done}/{self.total} loss {loss} {tps} tok/s "
+                      f"elapsed {time.time() - self.t0:.0f}s ETA {eta:.0f}s", highlight=False)
+
+
+def progress(total: int, start: int = 0, description: str = "train"):
+    """A rich live bar on a terminal; plain periodic lines otherwise."""
+    if not console.is_terminal:
+        return LineProgress(total, start, description)
     p = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False, disable=not console.is_terminal and total > 10_000,
+        console=console, transient=False,
     )
     p.add_task(description, total=total, completed=start, loss="-", tps="-")
     return p

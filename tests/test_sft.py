@@ -54,6 +54,15 @@ def test_loop_reports_the_same_step_losses_for_any_micro_batching(tmp_path, qwen
     assert train_losses(a.run_dir) == pytest.approx(train_losses(b.run_dir), rel=1e-5)
 
 
+def test_packing_trains_with_the_same_step_losses_as_padding(tmp_path, qwen_dir):
+    kw = {"training.total_steps": 2, "data.eval": "null", "training.micro_batch_seqs": 8}
+    padded = load_sft(tmp_path, qwen_dir, "padded", **kw)
+    packed = load_sft(tmp_path, qwen_dir, "packed", **kw, **{"data.packing": "true", "data.max_seq_len": 32})
+    sft.main(padded)
+    sft.main(packed)
+    assert train_losses(packed.run_dir) == pytest.approx(train_losses(padded.run_dir), rel=1e-5)
+
+
 def test_right_and_left_padding_give_the_same_log_probs(qwen_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -229,6 +238,11 @@ def test_lora_run_trains_adapters_only_and_merges(tmp_path, qwen_dir):
     ids = torch.tensor([[21, 22, 15, 23]])
     with torch.no_grad():
         want = model(ids).logits
+    from alignlab.models import remove_adapter
+
+    unloaded = remove_adapter(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(qwen_dir), ckpt))
+    assert not any("lora_" in n for n, _ in unloaded.named_parameters())
+    assert all(torch.equal(v, base_sd[k]) for k, v in unloaded.state_dict().items())
     assert cli.main(["merge-lora", "--adapter", str(ckpt), "--out", str(tmp_path / "merged"),
                      "--base", str(qwen_dir)]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
