@@ -24,8 +24,11 @@ Layers, outermost first (``SandboxResult.isolation`` records which applied on th
    Inside, only a down loopback exists, so no connection can leave. Where neither works
    (containers without the capability) this layer is absent and layer 5 still applies.
 3. **Unprivileged user**: when alignlab runs as root, the child drops to ``nobody`` (uid/gid
-   65534) with no supplementary groups before running user code, so the kernel refuses writes
-   to root-owned files and folders, signals to other users' processes, and raising limits.
+   65534) with no supplementary groups and ``no_new_privs`` before running user code, so the
+   kernel refuses writes to root-owned files and folders, signals to other users' processes,
+   and raising limits. If the interpreter is unreadable by ``nobody`` (it lives under /root,
+   say), the child keeps exactly one capability, CAP_DAC_READ_SEARCH (read any file; writes are
+   still checked as ``nobody``). ``uid_drop_mode`` probes which works, once per interpreter.
 4. **Resource limits** (``resource.setrlimit``, set before user code): RLIMIT_CPU (soft =
    cpu seconds, hard = +1 s), RLIMIT_AS (address space), RLIMIT_FSIZE (largest file it may
    write), RLIMIT_NOFILE, RLIMIT_CORE = 0, and RLIMIT_NPROC only when layer 3 applied (the
@@ -33,18 +36,23 @@ Layers, outermost first (``SandboxResult.isolation`` records which applied on th
 5. **Interpreter guard** (``sys.addaudithook`` + module replacement), effective everywhere:
    ``socket`` is replaced by a stub whose constructors raise and ``_socket`` / ``_ssl`` cannot be
    imported; process creation (fork, exec, spawn, ``os.system``, ``subprocess``,
-   ``_posixsubprocess``), ``ctypes``, signals to other processes, ``resource.setrlimit``,
-   ``gc.get_objects`` / ``sys._getframe`` are refused; any open for writing, delete, rename,
-   chmod, link or mkdir whose resolved path is outside the working directory is refused.
-   A refused operation raises ``SandboxViolation`` (a ``PermissionError``) inside the program.
+   ``_posixsubprocess``), ``ctypes``, syslog, sqlite extensions, signals to other processes,
+   ``resource.setrlimit``, and every route to the harness's frames (``sys._getframe``,
+   ``tb_frame``, ``gi_frame``, ``f_back``, ``sys.settrace``, ``gc.get_objects``) are refused; any
+   open for writing, delete, rename, chmod, link, mkdir or sqlite database whose resolved path
+   (``dir_fd`` and symlinks included) is outside the working directory is refused. A refused
+   operation raises ``SandboxViolation`` (a ``PermissionError``) inside the program; frame access
+   raises a subclass that is also a ``ValueError``, which namedtuple, typing and logging already
+   tolerate. Programs that print tracebacks themselves (``traceback.print_exc``) fail under it.
 
 Limits of the design, stated plainly: layer 5 is a tripwire, not a security boundary (an audit
 hook cannot see everything C code does); the real boundaries are layers 2–4, and they depend on
-the host (root or user namespaces). Without root the program can still read files readable by
-the invoking user and write to world-writable places such as /tmp via routes the audit hook
-misses. Run evaluations of truly hostile code in a container or VM as well.
+the host (root or user namespaces). The program can read files readable by its user (any file
+in the CAP_DAC_READ_SEARCH mode), and world-writable places such as /tmp are only protected by
+layer 5. Run evaluations of truly hostile code in a container or VM as well.
 
-Success needs a per-run random token that the harness writes to a private pipe after the tests
+The program runs as a fresh ``__main__`` module (pickle finds its classes); the tests run in the
+same namespace afterwards. Success needs a per-run random token that the harness writes to a private pipe after the tests
 finish, so a program that exits early with status 0 is reported as ``error``, not ``passed``.
 """
 from __future__ import annotations
@@ -148,14 +156,44 @@ def _m():
         iso["netns"] = False
     iso["uid_dropped"] = False
     if payload["drop_to"] is not None and os.geteuid() == 0:
+        uid, gid, mode = payload["drop_to"]
         try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+
+            def prctl(*args):
+                if libc.prctl(*args) != 0:
+                    raise OSError(ctypes.get_errno(), "prctl%r failed" % (args,))
+
             setlim("RLIMIT_NPROC", lim["max_procs"])
+            if mode == "read_caps":
+                prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep permitted caps across setuid
             os.setgroups([])
-            os.setgid(payload["drop_to"][1])
-            os.setuid(payload["drop_to"][0])
+            os.setgid(gid)
+            os.setuid(uid)
+            if mode == "read_caps":
+                # Keep only CAP_DAC_READ_SEARCH (read any file, e.g. an interpreter under /root);
+                # every write permission check is the unprivileged user's.
+                class Hdr(ctypes.Structure):
+                    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+                class Data(ctypes.Structure):
+                    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                                ("inheritable", ctypes.c_uint32)]
+
+                bit = 1 << 2  # CAP_DAC_READ_SEARCH
+                data = (Data * 2)((bit, bit, 0), (0, 0, 0))
+                if libc.capset(ctypes.byref(Hdr(0x20080522, 0)), data) != 0:  # _LINUX_CAPABILITY_VERSION_3
+                    raise OSError(ctypes.get_errno(), "capset failed")
+                prctl(8, 0, 0, 0, 0)
+                iso["capabilities"] = ["CAP_DAC_READ_SEARCH"]
+            prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid / file-capability gains on exec
             iso["uid_dropped"] = True
-        except OSError as e:
+        except (OSError, AttributeError, ImportError) as e:
             iso["uid_drop_error"] = str(e)
+        libc = prctl = None
+        for _name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
+            del sys.modules[_name]
     setlim("RLIMIT_AS", lim["memory_mb"] * 1024 * 1024)
 
     # ---- interpreter guard -------------------------------------------------------------
@@ -176,7 +214,8 @@ def _m():
         setattr(stub, _name, _blocked)
     stub.has_ipv6 = False
     sys.modules["socket"] = stub
-    for _name in ("_socket", "_ssl", "ssl", "_posixsubprocess", "_ctypes", "ctypes", "_multiprocessing"):
+    for _name in ("_socket", "_ssl", "ssl", "_posixsubprocess", "_ctypes", "ctypes", "_multiprocessing",
+                  "_posixshmem", "_dbm", "_gdbm", "readline"):
         sys.modules[_name] = None
     del _real_socket
 
@@ -186,6 +225,11 @@ def _m():
     join, isabs = os.path.join, os.path.isabs
 
     class SandboxViolation(PermissionError):
+        pass
+
+    class FrameAccessViolation(SandboxViolation, ValueError):
+        # A ValueError too: namedtuple, typing and logging call sys._getframe inside
+        # `except (AttributeError, ValueError)` and fall back gracefully.
         pass
 
     def resolve(p, dir_fd=None):
@@ -208,8 +252,14 @@ def _m():
               "resource.setrlimit", "resource.prlimit", "gc.get_objects", "gc.get_referrers",
               "gc.get_referents", "os.chroot", "os.startfile", "webbrowser.open", "os.unshare",
               "os.setns", "socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
-              "socket.sendto", "socket.sendmsg", "socket.gethostbyname"}
-    BLOCKED_IMPORTS = {"_socket", "_ssl", "_posixsubprocess", "_ctypes", "_multiprocessing"}
+              "socket.sendto", "socket.sendmsg", "socket.gethostbyname",
+              "sqlite3.enable_load_extension", "sqlite3.load_extension"}
+    # Frames lead to the harness's locals (the completion token): no frame access from user code.
+    FRAME_EVENTS = {"sys._getframe", "sys._current_frames", "sys.settrace", "sys.setprofile"}
+    FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"}
+    # C modules that reach files, sockets or processes without passing the hooks above.
+    BLOCKED_IMPORTS = {"_socket", "_ssl", "_posixsubprocess", "_ctypes", "_multiprocessing",
+                       "_posixshmem", "_dbm", "_gdbm", "readline"}
     # event -> (indices of path arguments, index of dir_fd or None)
     PATHS = {"os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.rename": ((0, 1), 2),
              "os.mkdir": ((0,), 2), "os.chmod": ((0,), 2), "os.chown": ((0,), 3),
@@ -217,7 +267,8 @@ def _m():
              "os.utime": ((0,), 4), "shutil.rmtree": ((0,), 1), "shutil.copyfile": ((1,), None),
              "shutil.copytree": ((1,), None), "shutil.move": ((0, 1), None),
              "os.mkfifo": ((0,), 2), "os.mknod": ((0,), 3), "os.setxattr": ((0,), None),
-             "os.removexattr": ((0,), None), "os.chflags": ((0,), None), "os.lchflags": ((0,), None)}
+             "os.removexattr": ((0,), None), "os.chflags": ((0,), None), "os.lchflags": ((0,), None),
+             "sqlite3.connect": ((0,), None)}
     busy = [False]
 
     def hook(event, args):
@@ -225,8 +276,11 @@ def _m():
             return
         busy[0] = True
         try:
-            if event in ALWAYS or event.startswith("ctypes."):
+            if event in ALWAYS or event.startswith(("ctypes.", "syslog.")):
                 raise SandboxViolation("sandbox: %s is not allowed" % event)
+            if event in FRAME_EVENTS or (event == "object.__getattr__" and len(args) > 1
+                                         and args[1] in FRAME_ATTRS):
+                raise FrameAccessViolation("sandbox: frame access (%s) is not allowed" % event)
             if event == "import" and args and args[0] in BLOCKED_IMPORTS:
                 raise SandboxViolation("sandbox: importing %s is not allowed" % args[0])
             if event == "open":
@@ -240,6 +294,8 @@ def _m():
                 dfd = args[dfd_i] if dfd_i is not None and dfd_i < len(args) else None
                 dfd = dfd if isinstance(dfd, int) and dfd >= 0 else None
                 for i in idxs:
+                    if event == "sqlite3.connect" and args[i] in (":memory:", "", b":memory:", b""):
+                        continue
                     if i < len(args) and args[i] is not None and not inside(args[i], dfd):
                         raise SandboxViolation("sandbox: %s outside the working directory: %r"
                                                % (event, args[i]))
@@ -273,7 +329,12 @@ def _m():
     tests = compile_or_report(payload["tests"] or "", "<tests>", "compile_tests")
     report({"phase": "ready", "isolation": iso})
     sys.addaudithook(hook)
-    ns = {"__name__": "__main__", "__builtins__": builtins}
+    # A fresh __main__ for the program (pickle and friends look classes up there); the harness
+    # keeps its own globals, so names the program defines cannot shadow the harness's.
+    main_mod = types.ModuleType("__main__")
+    main_mod.__builtins__ = builtins
+    sys.modules["__main__"] = main_mod
+    ns = main_mod.__dict__
     phase = "program"
     out, err = sys.stdout, sys.stderr
     try:
@@ -336,29 +397,33 @@ def network_wrapper() -> list[str]:
         return _NET_WRAPPER
 
 
-_DROP_OK: bool | None = None
+_DROP_MODE: dict[str, str | None] = {}
+DROP_PROBE = "import colorsys, fractions, decimal, json, email.parser, unicodedata"
 
 
-def uid_drop_works(python: str | None = None) -> bool:
-    """Whether a root interpreter that switches to ``nobody`` can still import the standard library.
+def uid_drop_mode(python: str | None = None) -> str | None:
+    """How a root parent can run the child as ``nobody``: "plain", "read_caps" or None.
 
-    False when the interpreter lives somewhere ``nobody`` cannot read (e.g. under /root); the
-    sandbox then keeps the invoking uid and relies on the other layers. Probed once per process.
+    "plain" when the interpreter works after a plain switch to nobody; "read_caps" when it only
+    works with CAP_DAC_READ_SEARCH kept (an interpreter under /root, for instance: it may read
+    anything, write only where nobody may); None when neither works or alignlab is not root.
+    Probed once per interpreter by running the real harness on a few imports.
     """
-    global _DROP_OK
+    python = python or sys.executable
+    if os.geteuid() != 0:
+        return None
     with _NET_LOCK:
-        if _DROP_OK is None:
-            _DROP_OK = False
-            if os.geteuid() == 0:
-                code = ("import os; os.setgroups([]); os.setgid(%d); os.setuid(%d); "
-                        "import colorsys, fractions, decimal, json" % (NOBODY_GID, NOBODY_UID))
-                try:
-                    r = subprocess.run([python or sys.executable, "-s", "-B", "-c", code], cwd="/",
-                                       capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
-                    _DROP_OK = r.returncode == 0
-                except (OSError, subprocess.SubprocessError):
-                    _DROP_OK = False
-        return _DROP_OK
+        if python in _DROP_MODE:
+            return _DROP_MODE[python]
+    mode = None
+    for cand in ("plain", "read_caps"):
+        res = _run(DROP_PROBE, "", SandboxLimits(timeout_s=20, memory_mb=1024), python, True, cand)
+        if res.status == "passed" and res.isolation.get("uid_dropped"):
+            mode = cand
+            break
+    with _NET_LOCK:
+        _DROP_MODE[python] = mode
+    return mode
 
 
 def _scrubbed_env(workdir: str) -> dict[str, str]:
@@ -429,6 +494,9 @@ def _classify(info: list[dict], token: str, returncode: int | None, timed_out: b
         return "error", f"killed by signal {signal.Signals(sig).name}"
     if "MemoryError" in stderr:
         return "memory", "MemoryError"
+    if not any(m.get("phase") == "ready" for m in info):
+        last = stderr.strip().splitlines()[-1:] or ["no output"]
+        return "error", f"sandbox failure: the harness did not start (exit code {returncode}): {last[0][:300]}"
     return "error", f"the program exited (code {returncode}) before the tests finished"
 
 
@@ -437,28 +505,31 @@ def run_program(program: str, tests: str = "", *, limits: SandboxLimits | None =
                 drop_privileges: bool = True) -> SandboxResult:
     """Run ``program`` then ``tests`` (same namespace) in the sandbox; see the module docstring.
 
+    ``python`` is the interpreter for the child (default ``$ALIGNLAB_SANDBOX_PYTHON``, else the
+    current one); pointing it at an interpreter that ``nobody`` can read enables the uid drop
+    when alignlab runs as root.
+
     Never raises (except KeyboardInterrupt in the caller); a failure of the machinery itself is
     reported as status ``error`` with the reason in ``exception``.
     """
     t0 = time.monotonic()
     try:
-        return _run(program, tests, limits or SandboxLimits(), python or sys.executable,
-                    network_isolation, drop_privileges)
+        python = python or os.environ.get("ALIGNLAB_SANDBOX_PYTHON") or sys.executable
+        mode = uid_drop_mode(python) if drop_privileges else None
+        return _run(program, tests, limits or SandboxLimits(), python, network_isolation, mode)
     except Exception as e:  # the evaluation run must survive anything
         return SandboxResult("error", False, time.monotonic() - t0,
                              exception=f"sandbox failure: {type(e).__name__}: {e}")
 
 
 def _run(program: str, tests: str, limits: SandboxLimits, python: str,
-         network_isolation: bool, drop_privileges: bool) -> SandboxResult:
+         network_isolation: bool, drop_mode: str | None) -> SandboxResult:
     if not isinstance(program, str) or not isinstance(tests, str):
         return SandboxResult("error", False, 0.0, exception="program and tests must be strings")
     cpu_s = limits.cpu_s if limits.cpu_s is not None else max(1, int(limits.timeout_s + 0.999))
     token = secrets.token_hex(16)
-    is_root = os.geteuid() == 0
     wrapper = network_wrapper() if network_isolation else []
-    drop_to = (NOBODY_UID, NOBODY_GID) if (is_root and drop_privileges and uid_drop_works(python)) \
-        else None
+    drop_to = (NOBODY_UID, NOBODY_GID, drop_mode) if (drop_mode and os.geteuid() == 0) else None
     try:
         parent_netns = os.readlink("/proc/self/ns/net")
     except OSError:
@@ -473,7 +544,7 @@ def _run(program: str, tests: str, limits: SandboxLimits, python: str,
     workdir = tempfile.mkdtemp(prefix="alignlab-sandbox-")
     try:
         if drop_to is not None:
-            os.chown(workdir, *drop_to)
+            os.chown(workdir, NOBODY_UID, NOBODY_GID)
         os.chmod(workdir, 0o700)
         info_r, info_w = os.pipe()
         cmd = wrapper + [python, "-s", "-B", "-c", _BOOTSTRAP, str(info_w)]
@@ -577,6 +648,9 @@ def _supervise(proc: subprocess.Popen, info_r: int, payload: bytes, token: str,
         child_iso = ready["isolation"]
         iso.update(uid_dropped=bool(child_iso.get("uid_dropped")), rlimits=child_iso.get("rlimits", []),
                    netns_verified=bool(child_iso.get("netns")))
+        for key in ("capabilities", "uid_drop_error"):
+            if key in child_iso:
+                iso[key] = child_iso[key]
         if iso["network"] == "netns" and not iso["netns_verified"]:
             iso["network"] = "python-guard-only"
     stderr = _tail(bufs["stderr"])

@@ -28,6 +28,7 @@ both sets empty -> 1.0 (nothing to get wrong), exactly one empty -> 0.0.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -97,22 +98,40 @@ def default_encoder_dir() -> Path:
         "or turn BERTScore off (bertscore=False).")
 
 
+@contextlib.contextmanager
+def _offline():
+    """HF_HUB_OFFLINE=1 while the encoder loads (restored afterwards); local_files_only does the rest."""
+    old = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class BertScorer:
     """Greedy-matching BERTScore with a local encoder; ``score(cands, refs)`` -> list of (P, R, F1)."""
 
     def __init__(self, model_dir: str | os.PathLike | None = None, *, layer: int | None = None,
                  device: str = "cpu", batch_size: int = 16, max_length: int = 512):
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         path = Path(model_dir) if model_dir else default_encoder_dir()
         if not (path / "config.json").is_file():
             raise BertScoreUnavailable(f"{path} is not a Hugging Face model folder (no config.json)")
         self.model_dir = str(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(device).eval()
+        with _offline():
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(device).eval()
+            hf_logging.enable_progress_bar()
         n_layers = int(getattr(self.model.config, "num_hidden_layers", 0) or 0)
         self.layer = n_layers if layer is None else int(layer)  # hidden_states[0] = embeddings
         if not 0 <= self.layer <= n_layers:
@@ -193,7 +212,7 @@ _UNITS = {
 }
 _UNIT_ALT = "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
 _NUM_RE = re.compile(
-    r"(?<![\w.])(\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)(?:\s*-?\s*(" + _UNIT_ALT + r")(?![\w/]))?",
+    r"(?<![\w.])(?<!type )(\d+(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?)(?:\s*-?\s*(" + _UNIT_ALT + r")(?![\w/]))?",
     re.IGNORECASE)
 
 MEDICATIONS = frozenset("""

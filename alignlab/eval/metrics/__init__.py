@@ -1,0 +1,1 @@
+"""Task metrics: safety, summarization, code, math. Each module documents its definitions."""
