@@ -12,7 +12,10 @@ TOOLS = {
     "plan": ("alignlab.plan.cli", "hyperparameter and memory planner (no GPU needed)"),
     "compare": ("alignlab.eval.compare", "paired statistical comparison of evaluated runs"),
 }
-TRAIN = {"sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning")}
+TRAIN = {
+    "sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning"),
+    "grpo": ("alignlab.train.grpo", "GRPOConfig", "GRPO and variants with a verifiable reward"),
+}
 
 
 def _quiet_libraries() -> None:

@@ -150,6 +150,137 @@ class SFTConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------
+# RL: tasks, sampling, GRPO / expert iteration
+# ----------------------------------------------------------------------------------------------
+
+
+class TaskConfig(Strict):
+    name: Literal["arithmetic", "math"] = "arithmetic"
+    prompt: Literal["plain", "r1_zero", "question_only"] = Field(
+        "plain", description="plain: 'a+b=' (arithmetic); r1_zero: think/answer tags; question_only: the bare question")
+    train: str | None = Field(None, description="math: JSONL (MATH or GSM8K style); default the built-in sample")
+    eval: str | None = Field(None, description="math: held-out JSONL; default the built-in sample")
+    arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
+
+
+class SamplingConfig(Strict):
+    backend: Literal["hf", "vllm"] = "hf"
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(16, gt=0)
+    stop: list[str] = Field(default_factory=list, description="stop strings, kept in the output (e.g. '</answer>')")
+    batch_size: int = Field(64, gt=0, description="prompts per generate() call")
+
+
+class RLConfig(Strict):
+    prompts_per_step: int = Field(16, gt=0)
+    group_size: int = Field(8, gt=0, description="samples per prompt")
+    micro_batch_seqs: int = Field(16, gt=0, description="sequences per forward/backward")
+    epochs_per_rollout_batch: int = Field(1, gt=0, description="1: on-policy; >1: off-policy passes with clipping")
+    loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "gspo"] = "grpo_clip"
+    advantage: Literal["group", "rloo"] = "group"
+    normalize_by_std: bool = True
+    advantage_eps: float = Field(1e-6, gt=0)
+    eps_low: float = Field(0.2, ge=0, description="clip range below 1 (cliprange)")
+    eps_high: float = Field(0.2, ge=0, description="clip range above 1; > eps_low is DAPO clip-higher")
+    aggregation: Literal["seq_mean", "token_mean", "constant"] = Field(
+        "seq_mean", description="seq_mean = masked_mean per sequence (GRPO); token_mean (DAPO); "
+        "constant = masked_normalize by max_new_tokens (Dr. GRPO)")
+    kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) penalty in the loss; 0 disables")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    entropy_coef: float = Field(0.0, ge=0)
+    dynamic_sampling: bool = Field(False, description="DAPO: resample groups whose rewards are all equal")
+    max_resample_rounds: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> "RLConfig":
+        n = self.prompts_per_step * self.group_size
+        if n % self.micro_batch_seqs:
+            raise ValueError(f"prompts_per_step * group_size = {n} is not a multiple of micro_batch_seqs="
+                             f"{self.micro_batch_seqs} (e.g. micro_batch_seqs={_largest_divisor(n, self.micro_batch_seqs)})")
+        if self.advantage == "rloo" and self.group_size < 2:
+            raise ValueError("advantage=rloo needs group_size >= 2")
+        if self.normalize_by_std and self.group_size < 2:
+            raise ValueError("normalize_by_std needs group_size >= 2 (a std of one sample is undefined)")
+        return self
+
+
+class RunConfig(Strict):
+    """Bookkeeping shared by the RL loops; eval/save counts are in rollout steps (EI: rounds)."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_every: int = Field(0, ge=0)
+    save_every: int = Field(0, ge=0)
+    keep_last: int = Field(2, gt=0)
+    resume: str = "auto"
+    hooks: list[str] = Field(default_factory=list)
+
+
+class RLTrainingConfig(RunConfig):
+    total_steps: int = Field(50, gt=0, description="rollout steps")
+
+
+class RLEvalConfig(Strict):
+    max_examples: int = Field(200, gt=0)
+    max_new_tokens: int = Field(16, gt=0)
+    batch_size: int = Field(64, gt=0)
+
+
+class GRPOConfig(Strict):
+    name: str = "grpo"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
+    eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+class EIRoundConfig(Strict):
+    n_ei_steps: int = Field(3, gt=0, description="rounds of sample -> filter -> SFT")
+    questions_per_round: int = Field(256, gt=0)
+    group_size: int = Field(8, gt=0, description="samples per question (G)")
+    sft_epochs: int = Field(1, gt=0, description="passes over each round's kept samples")
+    global_batch_seqs: int = Field(32, gt=0)
+    micro_batch_seqs: int = Field(16, gt=0)
+    loss_normalizer: Literal["tokens", "sequences"] = "tokens"
+    dedupe: bool = Field(True, description="keep each distinct correct completion of a question once")
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> "EIRoundConfig":
+        if self.global_batch_seqs % self.micro_batch_seqs:
+            raise ValueError(f"global_batch_seqs={self.global_batch_seqs} is not a multiple of micro_batch_seqs="
+                             f"{self.micro_batch_seqs}")
+        return self
+
+
+class EIConfig(Strict):
+    name: str = "ei"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"))
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    ei: EIRoundConfig = Field(default_factory=EIRoundConfig)
+    training: RunConfig = Field(default_factory=RunConfig)
+    eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 

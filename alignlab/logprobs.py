@@ -28,7 +28,7 @@ def _entropy(logsm: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * logsm, torch.zeros_like(logsm)).sum(-1)  # p == 0 adds 0 even at -inf
 
 
-def _final_logit_transform(config):
+def _final_logit_transform(config, temperature: float = 1.0):
     """Post-processing some architectures apply to the LM head's output (softcapping, scaling)."""
     cap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None) or None
@@ -41,6 +41,8 @@ def _final_logit_transform(config):
             z = z / div
         if cap is not None:
             z = torch.tanh(z / cap) * cap
+        if temperature != 1.0:  # RL: log-probs under the distribution the rollout was sampled from
+            z = z / temperature
         return z
 
     return f
@@ -65,6 +67,7 @@ def get_response_log_probs(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     chunk_tokens: int | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """log p(labels[b, t] | input_ids[b, :t+1]) for every position: {"log_probs": (B, T)[, "token_entropy": (B, T)]}.
 
@@ -80,7 +83,7 @@ def get_response_log_probs(
     hidden = out.last_hidden_state  # (B, T, H)
     B, T, H = hidden.shape
     flat_h, flat_y = hidden.reshape(B * T, H), labels.reshape(B * T)
-    transform = _final_logit_transform(config)
+    transform = _final_logit_transform(config, temperature)
     chunk_tokens = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
     logps, ents = [], []
     for s in range(0, B * T, chunk_tokens):

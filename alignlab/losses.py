@@ -60,3 +60,109 @@ def sft_nll(
     else:
         raise ValueError(f"normalizer must be 'tokens' or 'sequences', not {normalizer!r}")
     return loss, {"nll_sum": -masked_normalize(logps.detach(), response_mask), "n_tokens": response_mask.sum()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Policy gradient (GRPO family). Per-token losses are (B, T); advantages broadcast as (B, 1).
+# ----------------------------------------------------------------------------------------------
+
+
+def _col(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, 1) if x.dim() == 1 else x
+
+
+def compute_naive_policy_gradient_loss(raw_rewards_or_advantages: torch.Tensor, policy_log_probs: torch.Tensor) -> torch.Tensor:
+    """REINFORCE per-token loss: -A * logp. A: (B,) or (B, 1); logp: (B, T) -> (B, T)."""
+    return -_col(raw_rewards_or_advantages).to(policy_log_probs.dtype) * policy_log_probs
+
+
+def compute_grpo_clip_loss(advantages: torch.Tensor, policy_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
+                           cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clip surrogate per token (arXiv:1707.06347): -min(rho A, clip(rho, 1-eps, 1+eps) A),
+    rho = exp(logp - old_logp). metadata["clipped"] marks tokens where the clipped term is the min."""
+    return pg_clip_asymmetric(advantages, policy_log_probs, old_log_probs, cliprange, cliprange)
+
+
+def pg_clip_asymmetric(advantages, policy_log_probs, old_log_probs, eps_low: float, eps_high: float):
+    """Clip-higher (DAPO, arXiv:2503.14476): rho clipped to [1 - eps_low, 1 + eps_high]."""
+    a = _col(advantages).to(policy_log_probs.dtype)
+    ratio = torch.exp(policy_log_probs - old_log_probs)
+    unclipped = ratio * a
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * a
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, {"clipped": clipped < unclipped, "ratio": ratio.detach(),
+                  "clipped_low": (ratio < 1 - eps_low) & (a < 0), "clipped_high": (ratio > 1 + eps_high) & (a > 0)}
+
+
+def gspo_loss(advantages, policy_log_probs, old_log_probs, response_mask, eps_low: float, eps_high: float):
+    """GSPO (arXiv:2507.18071), token form: the sequence ratio s_i = exp(mean_t(logp - old)) is
+    clipped per sequence; token t carries s_i * pi_t / sg(pi_t), so the gradient equals GSPO's
+    when aggregated with seq_mean."""
+    a = _col(advantages).to(policy_log_probs.dtype)
+    seq_log_ratio = masked_mean(policy_log_probs - old_log_probs, response_mask, dim=-1)  # (B,)
+    s = torch.exp(seq_log_ratio.detach()[:, None] + policy_log_probs - policy_log_probs.detach())  # (B, T)
+    unclipped = s * a
+    clipped = torch.clamp(s, 1 - eps_low, 1 + eps_high) * a
+    loss = -torch.minimum(unclipped, clipped)
+    return loss, {"clipped": clipped < unclipped, "ratio": s.detach()}
+
+
+def compute_policy_gradient_loss(policy_log_probs, loss_type: str, raw_rewards=None, advantages=None,
+                                 old_log_probs=None, cliprange=None) -> tuple[torch.Tensor, dict]:
+    """loss_type: no_baseline (-R logp), reinforce_with_baseline (-A logp), grpo_clip. -> ((B, T), meta)."""
+    if loss_type == "no_baseline":
+        if raw_rewards is None:
+            raise ValueError("no_baseline needs raw_rewards")
+        return compute_naive_policy_gradient_loss(raw_rewards, policy_log_probs), {}
+    if loss_type == "reinforce_with_baseline":
+        if advantages is None:
+            raise ValueError("reinforce_with_baseline needs advantages")
+        return compute_naive_policy_gradient_loss(advantages, policy_log_probs), {}
+    if loss_type == "grpo_clip":
+        if advantages is None or old_log_probs is None or cliprange is None:
+            raise ValueError("grpo_clip needs advantages, old_log_probs and cliprange")
+        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange)
+    raise ValueError(f"unknown loss_type {loss_type!r}: no_baseline, reinforce_with_baseline or grpo_clip")
+
+
+def grpo_microbatch_train_step(policy_log_probs, response_mask, gradient_accumulation_steps: int, loss_type: str,
+                               raw_rewards=None, advantages=None, old_log_probs=None, cliprange=None):
+    """The plan's GRPO micro-step: per-token loss, masked mean per sequence, mean over the batch,
+    divided by the accumulation steps; calls backward(). Returns (loss, metadata)."""
+    per_token, meta = compute_policy_gradient_loss(policy_log_probs, loss_type, raw_rewards, advantages,
+                                                   old_log_probs, cliprange)
+    loss = masked_mean(per_token, response_mask, dim=-1).mean() / gradient_accumulation_steps
+    loss.backward()
+    return loss.detach(), meta
+
+
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens: float, n_seqs: float,
+              constant: float | None = None) -> torch.Tensor:
+    """Reduce a (B, T) per-token loss of one micro-batch so that micro-batch results add up to the
+    optimizer step's loss. Counts are those of the whole step:
+      token_mean: sum(mask * l) / n_tokens                 (DAPO; every token weighs the same)
+      seq_mean:   sum_i masked_mean_i(l) / n_seqs           (GRPO paper; every sequence weighs the same)
+      constant:   sum(mask * l) / (constant * n_seqs)       (Dr. GRPO: a fixed length normaliser)"""
+    if mode == "token_mean":
+        return masked_normalize(per_token, mask, normalize_constant=n_tokens)
+    if mode == "seq_mean":
+        return masked_mean(per_token, mask, dim=-1).nan_to_num(0.0).sum() / n_seqs
+    if mode == "constant":
+        if not constant:
+            raise ValueError("aggregate mode 'constant' needs the constant (e.g. max_new_tokens)")
+        return masked_normalize(per_token, mask, normalize_constant=constant * n_seqs)
+    raise ValueError(f"unknown aggregation {mode!r}: token_mean, seq_mean or constant")
+
+
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimators of KL(pi || ref) from samples of pi (Schulman, "Approximating KL
+    divergence"), with log r = ref_logp - logp:  k1 = -log r;  k2 = (log r)^2 / 2;
+    k3 = r - 1 - log r (unbiased, always >= 0; the GRPO paper's choice)."""
+    log_r = ref_logps - logps
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r**2
+    if kind == "k3":
+        return torch.exp(log_r) - 1 - log_r
+    raise ValueError(f"unknown KL estimator {kind!r}: k1, k2 or k3")

@@ -206,6 +206,19 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
     return model, tok, device, prec
 
 
+def disable_dropout(model) -> None:
+    """RL: dropout would make the training forward differ from the sampling policy (ratio != 1)."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):  # copied from the config at init
+            m.attention_dropout = 0.0
+    for attr in ("attention_dropout", "hidden_dropout", "dropout"):
+        cfg = getattr(model, "config", None)
+        if cfg is not None and hasattr(cfg, attr):
+            setattr(cfg, attr, 0.0)
+
+
 def is_peft(model) -> bool:
     from peft import PeftModel
 

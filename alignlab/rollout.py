@@ -1,4 +1,14 @@
-"""Generation: one interface, Hugging Face `generate` with KV cache, batched by prompt length."""
+"""Generation for evaluation and RL: one `generate()` interface.
+
+Backends: Hugging Face `generate` with KV cache (everywhere), batched by prompt length and
+left-padded; vLLM on CUDA (optional, `sampling.backend=vllm`, see `alignlab/rollout_vllm.py`).
+
+Sampling log-probs: the HF backend applies temperature and top-p in its own logits processor,
+and tells `generate` to add no warpers of its own, so the distribution it records is exactly
+the one tokens were drawn from. The processor keeps one (B, V) tensor at a time: it reads the
+log-prob of the token drawn at step t when it is called at step t+1, so nothing vocabulary-sized
+piles up.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,69 +18,137 @@ import torch
 
 @dataclass
 class Rollout:
-    prompts: list[str]
-    completions: list[str]  # len = len(prompts) * n, grouped by prompt (n consecutive per prompt)
-    completion_ids: list[list[int]] = field(default_factory=list)
+    prompts: list[str]                        # P prompts
+    completions: list[str]                    # P * n texts, the n samples of a prompt consecutive
+    prompt_ids: list[list[int]] = field(default_factory=list)       # P * n (repeated per sample)
+    completion_ids: list[list[int]] = field(default_factory=list)   # P * n, up to and including EOS/stop
+    sampling_logps: list[list[float]] | None = None                  # P * n, one per completion token
     n: int = 1
+
+    def tensors(self, pad_id: int) -> dict[str, torch.Tensor]:
+        """Right-padded training tensors, each (B, T): input_ids, labels, response_mask,
+        attention_mask, and sampling_logps aligned with the response positions of `labels`."""
+        from .data import _pad_and_shift
+
+        seqs = [p + c for p, c in zip(self.prompt_ids, self.completion_ids)]
+        masks = [[False] * len(p) + [True] * len(c) for p, c in zip(self.prompt_ids, self.completion_ids)]
+        out = _pad_and_shift(seqs, masks, pad_id)
+        lengths = torch.tensor([len(s) - 1 for s in seqs])
+        out["attention_mask"] = (torch.arange(out["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
+        if self.sampling_logps is not None:
+            lp = torch.zeros(out["labels"].shape, dtype=torch.float32)
+            for i, (p, vals) in enumerate(zip(self.prompt_ids, self.sampling_logps)):
+                lp[i, len(p) - 1 : len(p) - 1 + len(vals)] = torch.tensor(vals, dtype=torch.float32)
+            out["sampling_logps"] = lp
+        return out
+
+
+class _SampleAndRecord:
+    """The only warper in the chain: temperature, top-p; records the sampled tokens' log-probs."""
+
+    def __init__(self, temperature: float, top_p: float):
+        self.temperature, self.top_p = temperature, top_p
+        self.prev: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        z = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            z = top_p_filter(z, self.top_p)
+        self.prev = torch.log_softmax(z, dim=-1)
+        return z
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, n_new) log-probs of the generated tokens."""
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(-1, last_tokens[:, None]).squeeze(-1))
+            self.prev = None
+        return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(len(last_tokens), 0)
+
+
+def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering (arXiv:1904.09751): keep the smallest set of tokens whose probability
+    reaches top_p (always at least the most likely one); the rest get -inf."""
+    sorted_z, idx = torch.sort(z, descending=True, dim=-1)
+    probs = torch.softmax(sorted_z, dim=-1)
+    before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above this one
+    remove_sorted = before >= top_p
+    remove = torch.zeros_like(remove_sorted).scatter(-1, idx, remove_sorted)
+    return z.masked_fill(remove, float("-inf"))
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 64) -> Rollout:
-    """Sample `n` completions per prompt (greedy when temperature == 0). Prompts are sorted by
-    length and left-padded per batch to keep padding small; output order follows the input."""
+             top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 64,
+             return_logprobs: bool = False) -> Rollout:
+    """Sample `n` completions per prompt (greedy when temperature == 0). Output order follows the
+    input; completion ids end at EOS or at the token that completes a stop string."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    texts: list[list[str]] = [[] for _ in prompts]
-    ids_out: list[list[list[int]]] = [[] for _ in prompts]
+    per_prompt: list[list[tuple]] = [[] for _ in prompts]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
-                            add_special_tokens=not _starts_with_bos(tokenizer, prompts[idx[0]])).to(device)
+            texts = [prompts[i] for i in idx]
+            enc = tokenizer(texts, return_tensors="pt", padding=True,
+                            add_special_tokens=not _starts_with_bos(tokenizer, texts[0])).to(device)
             kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id)
+            if stop:
+                kwargs.update(stop_strings=stop, tokenizer=tokenizer)
+            recorder = None
             if temperature > 0:
-                kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+                recorder = _SampleAndRecord(temperature, top_p)
+                kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, logits_processor=[recorder])
             else:
-                kwargs.update(do_sample=False)
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                if return_logprobs:
+                    recorder = _SampleAndRecord(1.0, 1.0)
+                    kwargs.update(logits_processor=[recorder])
             out = model.generate(**enc, **kwargs)
             new = out[:, enc["input_ids"].shape[1] :]
+            logps = recorder.finish(new[:, -1]) if recorder is not None else None
             for j, row in enumerate(new.tolist()):
                 i = idx[j // n]
-                row = _strip_after_eos(row, tokenizer)
-                text = tokenizer.decode(row, skip_special_tokens=True)
-                if stop:
-                    text = _cut_at_stop(text, stop)
-                texts[i].append(text)
-                ids_out[i].append(row)
+                ids = _cut(row, tokenizer, stop)
+                pid = enc["input_ids"][j // n][enc["attention_mask"][j // n].bool()].tolist()
+                lp = logps[j, : len(ids)].tolist() if logps is not None and return_logprobs else None
+                per_prompt[i].append((tokenizer.decode(ids, skip_special_tokens=True), pid, ids, lp))
     finally:
         tokenizer.padding_side = old_side
         model.train(was_training)
-    return Rollout(prompts=list(prompts), completions=[t for ts in texts for t in ts],
-                   completion_ids=[r for rs in ids_out for r in rs], n=n)
+    flat = [x for group in per_prompt for x in group]
+    return Rollout(prompts=list(prompts), completions=[x[0] for x in flat], prompt_ids=[x[1] for x in flat],
+                   completion_ids=[x[2] for x in flat],
+                   sampling_logps=[x[3] for x in flat] if return_logprobs else None, n=n)
 
 
 def _starts_with_bos(tokenizer, text: str) -> bool:
     return bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
 
 
-def _strip_after_eos(row: list[int], tokenizer) -> list[int]:
+def _cut(row: list[int], tokenizer, stop: list[str] | None) -> list[int]:
+    """Up to and including EOS; else up to the token that completes a stop string; else drop the
+    padding generate() appends after a finished sequence."""
     eos = tokenizer.eos_token_id
     if eos in row:
         return row[: row.index(eos) + 1]
-    return [t for t in row if t != tokenizer.pad_token_id]
-
-
-def _cut_at_stop(text: str, stop: list[str]) -> str:
-    """Keep text up to and including the first stop string (e.g. '</answer>')."""
-    cut = len(text)
-    for s in stop:
-        k = text.find(s)
-        if k != -1:
-            cut = min(cut, k + len(s))
-    return text[:cut]
+    if stop and any(s in tokenizer.decode(row, skip_special_tokens=False) for s in stop):
+        lo, hi = 1, len(row)  # smallest prefix containing a stop string (containment is monotone)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(s in tokenizer.decode(row[:mid], skip_special_tokens=False) for s in stop):
+                hi = mid
+            else:
+                lo = mid + 1
+        return row[:lo]
+    pad = tokenizer.pad_token_id
+    while row and row[-1] == pad:
+        row = row[:-1]
+    return row

@@ -1,0 +1,53 @@
+"""A task = prompts + a reward + evaluation. `load(cfg.task, seed)` returns a `Task`.
+
+    task = tasks.load(TaskConfig(name="arithmetic"), seed=0)
+    batch = task.sample_train(16, step=3)          # deterministic per (seed, step): exact resume
+    task.reward(completion, batch[0])               # {"format_reward", "answer_reward", "reward"}
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..config import TaskConfig
+from ..rewards.math import R1_ZERO_PROMPT
+
+QUESTION_ONLY_PROMPT = "{question}"
+
+
+@dataclass
+class Task:
+    name: str
+    train: list[dict]                          # each: id, question, answer (+ prompt after formatting)
+    eval: list[dict]
+    reward_fn: Callable[[str, str], dict]      # (completion, ground truth) -> reward dict
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def sample_train(self, n: int, step: int) -> list[dict]:
+        rng = random.Random(f"{self.seed}-train-{step}")
+        if n <= len(self.train):
+            return rng.sample(self.train, n)
+        return [rng.choice(self.train) for _ in range(n)]
+
+    def reward(self, completion: str, example: dict) -> dict:
+        return self.reward_fn(completion, example["answer"])
+
+
+def format_prompt(question: str, style: str) -> str:
+    if style == "r1_zero":
+        return R1_ZERO_PROMPT.format(question=question)
+    if style in ("question_only", "plain"):
+        return QUESTION_ONLY_PROMPT.format(question=question)
+    raise ValueError(f"unknown prompt style {style!r}")
+
+
+def load(cfg: TaskConfig, seed: int = 0) -> Task:
+    if cfg.name == "arithmetic":
+        from . import arithmetic
+
+        return arithmetic.task(cfg, seed)
+    from . import math as math_task
+
+    return math_task.task(cfg, seed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 HELD_OUT_PERCENT = 10
 
@@ -46,3 +47,38 @@ def sample(n: int, max_operand: int, ops: list[str], split: str, seed: int) -> l
 
 def exact_match(completion: str, answer: str) -> bool:
     return completion.strip() == answer.strip()
+
+
+def arithmetic_reward(completion: str, answer: str) -> dict:
+    """Exact-answer reward. format: the completion (up to EOS) is one integer; answer: it is the
+    right one. The r1_zero style (`... </think> <answer> 42 </answer>`) is graded on the tag content."""
+    text = completion.strip()
+    if "<answer>" in text:
+        from ..rewards.math import extract_answer
+
+        inner = extract_answer(text)
+        if inner is None:
+            return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 0.0}
+        text = inner.strip()
+    well_formed = re.fullmatch(r"-?\d+", text) is not None
+    right = well_formed and int(text) == int(answer)
+    return {"format_reward": float(well_formed), "answer_reward": float(right), "reward": float(right)}
+
+
+def task(cfg, seed: int):
+    from . import Task, format_prompt
+
+    a = cfg.arithmetic
+
+    def shape(rows):
+        out = []
+        for r in rows:
+            q = r["prompt"]
+            prompt = q if cfg.prompt == "plain" else format_prompt(f"What is {q[:-1]}?", cfg.prompt)
+            out.append({"id": r["id"], "question": q, "prompt": prompt, "answer": r["answer"]})
+        return out
+
+    train = shape(problems(a.max_operand, list(a.ops), "train"))
+    held = shape(sample(a.n_eval, a.max_operand, list(a.ops), "eval", seed))
+    stop = ["</answer>"] if cfg.prompt == "r1_zero" else []
+    return Task("arithmetic", train, held, arithmetic_reward, stop=stop, seed=seed)

@@ -10,48 +10,19 @@ Evaluation: held-out token NLL (teacher forced) and exact match of greedy genera
 """
 from __future__ import annotations
 
-import importlib
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, losses, models, optim, rollout, tracking
+from .. import checkpoint, data, hooks as H, losses, models, optim, rollout, tracking
 from ..config import SFTConfig
 from ..logprobs import get_response_log_probs
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf; nothing was saved from the bad step."""
-
-
-@dataclass
-class Context:
-    """What hooks receive: read anything, change at your own risk."""
-
-    cfg: SFTConfig
-    run: tracking.Run
-    model: object
-    tokenizer: object
-    optimizer: object
-
-
-def load_hooks(paths: list[str], extra: list | None) -> list:
-    hooks = list(extra or [])
-    for spec in paths:
-        mod, _, attr = spec.partition(":")
-        obj = getattr(importlib.import_module(mod), attr)
-        hooks.append(obj() if isinstance(obj, type) else obj)
-    return hooks
-
-
-def call_hooks(hooks: list, event: str, *args) -> None:
-    for h in hooks:
-        fn = getattr(h, event, None)
-        if fn is not None:
-            fn(*args)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -142,9 +113,9 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
         start = state["step"]
         run.truncate_after(start)
         tracking.console.print(f"[green]resumed from {resume_from} (step {start})")
-    hooks = load_hooks(t.hooks, hooks)
-    ctx = Context(cfg, run, policy, tok, opt)
-    call_hooks(hooks, "on_start", ctx)
+    hooks = H.load(t.hooks, hooks)
+    ctx = H.Context(cfg, run, policy, tok, opt)
+    H.call(hooks, "on_start", ctx)
     trainable, total = models.count_parameters(policy)
     tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
                            f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
@@ -175,14 +146,14 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
                                    "tokens/response": sum(e.n_response for e in items), "tokens/per_s": n_seen / dt, "time/step": dt,
                                    "mem/peak_gb": tracking.peak_memory_gb(device)})
             bar.update(bar.task_ids[0], advance=1, loss=f"{step_loss:.4f}", tps=f"{n_seen / dt:,.0f}")
-            call_hooks(hooks, "on_step_end", ctx, done, row)
+            H.call(hooks, "on_step_end", ctx, done, row)
             if eval_set and run.due(done, t.eval_every, total_steps):
                 metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
                 run.log(done, **metrics)
                 run.samples(done, rows)
-                call_hooks(hooks, "on_eval", ctx, done, metrics)
+                H.call(hooks, "on_eval", ctx, done, metrics)
                 bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if run.due(done, t.save_every, total_steps):
                 path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
-                call_hooks(hooks, "on_save", ctx, done, path)
+                H.call(hooks, "on_save", ctx, done, path)
     return cfg.run_dir

@@ -1,0 +1,227 @@
+"""GRPO on a task with a verifiable reward (DeepSeekMath, arXiv:2402.03300), with the usual variants.
+
+Each step: sample `prompts_per_step` prompts and `group_size` completions for each. Score them
+and compute advantages from each prompt's group (`rl.advantage`: `group` z-score, or mean-only
+when `normalize_by_std=false`, i.e. Dr. GRPO; or `rloo` leave-one-out). Compute the old
+log-probs with the same micro-batches as training. Then run `epochs_per_rollout_batch` passes,
+one optimizer step each.
+
+The per-token loss is picked from LOSSES (`rl.loss_type`):
+- REINFORCE without or with a baseline;
+- the clipped surrogate with eps_low/eps_high (DAPO clip-higher when they differ);
+- GSPO's sequence-level ratio.
+An optional KL to the reference (k1/k2/k3) is added in the loss, and an optional entropy bonus
+is subtracted. The loss is reduced by `rl.aggregation` (seq_mean = masked_mean per sequence;
+token_mean; constant = masked_normalize by max_new_tokens), with the counts of the whole step,
+so micro-batching cannot change the update.
+
+Departs from the paper in:
+- the KL term is optional (default 0), as in DAPO and Dr. GRPO;
+- dropout is disabled, so the first pass is exactly on-policy (ratio = 1, tested);
+- groups whose rewards are all equal are counted, and with `dynamic_sampling` they are
+  resampled (DAPO).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .. import advantages as A
+from .. import checkpoint, hooks as H, losses, models, optim, rollout, tasks, tracking
+from ..config import GRPOConfig
+from ..logprobs import get_response_log_probs
+from .sft import TrainingDiverged
+
+
+def _pg(loss_type):
+    def f(logps, mb, rl):
+        per_token, meta = losses.compute_policy_gradient_loss(
+            logps, loss_type, raw_rewards=mb["rewards"], advantages=mb["advantages"],
+            old_log_probs=mb["old_logps"], cliprange=rl.eps_low)
+        return per_token, meta
+    return f
+
+
+def _clip(logps, mb, rl):
+    return losses.pg_clip_asymmetric(mb["advantages"], logps, mb["old_logps"], rl.eps_low, rl.eps_high)
+
+
+def _gspo(logps, mb, rl):
+    return losses.gspo_loss(mb["advantages"], logps, mb["old_logps"], mb["response_mask"], rl.eps_low, rl.eps_high)
+
+
+# The variants, visible in one place: each is (logps, micro-batch, rl config) -> (per-token loss, metadata).
+LOSSES = {"no_baseline": _pg("no_baseline"), "reinforce_with_baseline": _pg("reinforce_with_baseline"),
+          "grpo_clip": _clip, "gspo": _gspo}
+
+
+def advantages_for(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
+    if cfg.rl.advantage == "rloo":
+        return A.leave_one_out(rewards, cfg.rl.group_size)
+    return A.group_normalize(rewards, cfg.rl.group_size, cfg.rl.normalize_by_std, cfg.rl.advantage_eps)
+
+
+def sample_groups(policy, tok, task, cfg: GRPOConfig, step: int):
+    """Rollouts + rewards for one step; with dynamic sampling, zero-signal groups are redrawn."""
+    s, rl = cfg.sampling, cfg.rl
+    examples = task.sample_train(rl.prompts_per_step, step)
+    gen = dict(max_new_tokens=s.max_new_tokens, n=rl.group_size, temperature=s.temperature, top_p=s.top_p,
+               stop=s.stop or task.stop, batch_size=s.batch_size, return_logprobs=True)
+    ro = rollout.generate(policy, tok, [e["prompt"] for e in examples], **gen)
+    scores = [task.reward(c, examples[i // rl.group_size]) for i, c in enumerate(ro.completions)]
+    rounds = 0
+    while rl.dynamic_sampling and rounds < rl.max_resample_rounds:
+        dead = A.zero_signal_groups(torch.tensor([x["reward"] for x in scores]), rl.group_size).nonzero().flatten().tolist()
+        if not dead:
+            break
+        rounds += 1
+        fresh = task.sample_train(len(dead), step * 1000 + rounds)
+        ro2 = rollout.generate(policy, tok, [e["prompt"] for e in fresh], **gen)
+        for k, g in enumerate(dead):  # replace group g by fresh group k
+            examples[g] = fresh[k]
+            sl = slice(g * rl.group_size, (g + 1) * rl.group_size)
+            new = slice(k * rl.group_size, (k + 1) * rl.group_size)
+            for name in ("completions", "prompt_ids", "completion_ids", "sampling_logps"):
+                getattr(ro, name)[sl] = getattr(ro2, name)[new]
+            scores[sl] = [task.reward(c, fresh[k]) for c in ro2.completions[new]]
+    return examples, ro, scores, rounds
+
+
+@torch.no_grad()
+def evaluate(policy, tok, task, cfg: GRPOConfig) -> tuple[dict, list[dict]]:
+    items = task.eval[: cfg.eval.max_examples]
+    ro = rollout.generate(policy, tok, [e["prompt"] for e in items], max_new_tokens=cfg.eval.max_new_tokens,
+                          stop=cfg.sampling.stop or task.stop, batch_size=cfg.eval.batch_size)
+    scores = [task.reward(c, e) for c, e in zip(ro.completions, items)]
+    rows = [{"id": e["id"], "prompt": e["prompt"], "completion": c, "reference": e["answer"], **sc}
+            for e, c, sc in zip(items, ro.completions, scores)]
+    n = max(len(items), 1)
+    return {"eval/accuracy": sum(x["reward"] for x in scores) / n,
+            "eval/format_rate": sum(x["format_reward"] for x in scores) / n}, rows
+
+
+def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
+    rl, t = cfg.rl, cfg.training
+    task = tasks.load(cfg.task, cfg.seed)
+    resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
+    run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
+    model_cfg = cfg.model
+    if resume_from is not None and not cfg.lora.enabled:
+        model_cfg = cfg.model.model_copy(update={"path": str(resume_from)})
+    policy, tok, device, prec = models.load_policy(
+        model_cfg, cfg.lora, t.precision, adapter_dir=str(resume_from) if resume_from and cfg.lora.enabled else None)
+    models.disable_dropout(policy)
+    reference = None
+    if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled
+        reference, *_ = models.load_policy(cfg.model, cfg.lora.model_copy(update={"enabled": False}), t.precision)
+        reference.eval().requires_grad_(False)
+    n_updates = t.total_steps * rl.epochs_per_rollout_batch
+    opt, sched = optim.build(policy, cfg.optim, n_updates)
+    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
+    start = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        start = state["step"]
+        run.truncate_after(start)
+    hooks = H.load(t.hooks, hooks)
+    ctx = H.Context(cfg, run, policy, tok, opt)
+    H.call(hooks, "on_start", ctx)
+    if start == 0:
+        metrics, rows = evaluate(policy, tok, task, cfg)
+        run.log(0, **metrics)
+        run.samples(0, rows)
+    n_seqs = rl.prompts_per_step * rl.group_size
+
+    with tracking.progress(t.total_steps, start, cfg.name) as bar:
+        for step in range(start, t.total_steps):
+            t0 = time.perf_counter()
+            examples, ro, scores, resampled = sample_groups(policy, tok, task, cfg, step)
+            t1 = time.perf_counter()
+            rewards = torch.tensor([x["reward"] for x in scores])  # (B,)
+            adv = advantages_for(rewards, cfg)  # (B,)
+            batch = ro.tensors(tok.pad_token_id)
+            batch.update(rewards=rewards, advantages=adv)
+            t2 = time.perf_counter()
+            mbs = [{k: v[i : i + rl.micro_batch_seqs].to(device) for k, v in batch.items()}
+                   for i in range(0, n_seqs, rl.micro_batch_seqs)]
+            with torch.no_grad():  # old log-probs: same micro-batches as training, so ratio == 1 on-policy
+                for mb in mbs:
+                    fwd = dict(attention_mask=mb["attention_mask"], temperature=cfg.sampling.temperature)
+                    with prec.autocast_ctx(device):
+                        mb["old_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
+                        if rl.kl_coef > 0:
+                            if reference is None:
+                                with models.reference_mode(policy):
+                                    mb["ref_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
+                            else:
+                                mb["ref_logps"] = get_response_log_probs(reference, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
+            mask_all = batch["response_mask"]
+            n_tokens = int(mask_all.sum())
+            # training-side log-probs vs the sampler's: nonzero with top-p, half precision, or another engine
+            d = torch.cat([(mb["old_logps"] - mb["sampling_logps"])[mb["response_mask"]] for mb in mbs])
+            stats: dict[str, float] = {"mismatch/logp_abs_mean": d.abs().mean().item(),
+                                       "mismatch/logp_abs_max": d.abs().max().item(), "mismatch/ratio_mean": d.exp().mean().item()}
+            for epoch in range(rl.epochs_per_rollout_batch):
+                agg = {"loss/policy": 0.0, "clip/frac": 0.0, "clip/low_frac": 0.0, "clip/high_frac": 0.0,
+                       "ratio/mean": 0.0, "kl/ref": 0.0, "entropy/mean": 0.0}
+                for mb in mbs:
+                    m = mb["response_mask"]
+                    with prec.autocast_ctx(device):
+                        out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
+                                                     temperature=cfg.sampling.temperature, return_token_entropy=True)
+                    logps = out["log_probs"]
+                    per_token, meta = LOSSES[rl.loss_type](logps, mb, rl)
+                    if rl.kl_coef > 0:
+                        kl = losses.kl_estimate(logps, mb["ref_logps"], rl.kl_estimator)
+                        per_token = per_token + rl.kl_coef * kl
+                        agg["kl/ref"] += losses.masked_normalize(kl.detach(), m, normalize_constant=n_tokens).item()
+                    if rl.entropy_coef > 0:
+                        per_token = per_token - rl.entropy_coef * out["token_entropy"]
+                    loss = losses.aggregate(per_token, m, rl.aggregation, n_tokens, n_seqs, constant=cfg.sampling.max_new_tokens)
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    agg["loss/policy"] += loss.item()
+                    agg["entropy/mean"] += losses.masked_normalize(out["token_entropy"].detach(), m, normalize_constant=n_tokens).item()
+                    for key, name in (("clipped", "clip/frac"), ("clipped_low", "clip/low_frac"), ("clipped_high", "clip/high_frac"),
+                                      ("ratio", "ratio/mean")):
+                        if key in meta:
+                            agg[name] += losses.masked_normalize(meta[key].float(), m, normalize_constant=n_tokens).item()
+                if not math.isfinite(agg["loss/policy"]):
+                    raise TrainingDiverged(f"loss is {agg['loss/policy']} at step {step + 1}; the update was not applied")
+                grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
+                if epoch == 0:
+                    stats.update(agg)  # epoch 0 is on-policy: ratio/mean is exactly 1 there
+                else:
+                    stats.update({"loss/policy_last_epoch": agg["loss/policy"], "clip/frac_last_epoch": agg["clip/frac"]})
+            t3 = time.perf_counter()
+            g = rewards.view(-1, rl.group_size)
+            resp_len = mask_all.sum(-1).float()
+            done = step + 1
+            row = run.log(done, **stats, **{
+                "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+                "reward/format": sum(x["format_reward"] for x in scores) / len(scores),
+                "reward/answer": sum(x["answer_reward"] for x in scores) / len(scores),
+                "adv/mean": adv.mean().item(), "adv/std": adv.std().item(), "adv/max": adv.max().item(), "adv/min": adv.min().item(),
+                "groups/no_signal_frac": (g.max(1).values == g.min(1).values).float().mean().item(),
+                "groups/resample_rounds": resampled, "response/len_mean": resp_len.mean().item(),
+                "grad/norm": grad_norm, "lr": sched.get_last_lr()[0],
+                "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
+                "tokens/per_s": batch["attention_mask"].sum().item() / (t3 - t0),
+                "mem/peak_gb": tracking.peak_memory_gb(device)})
+            bar.update(bar.task_ids[0], advance=1, loss=f"r={rewards.mean().item():.3f}", tps=f"{row['tokens/per_s']:,.0f}")
+            H.call(hooks, "on_step_end", ctx, done, row)
+            if run.due(done, t.eval_every, t.total_steps):
+                metrics, rows = evaluate(policy, tok, task, cfg)
+                run.log(done, **metrics)
+                run.samples(done, rows)
+                H.call(hooks, "on_eval", ctx, done, metrics)
+                bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if run.due(done, t.save_every, t.total_steps):
+                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
+                H.call(hooks, "on_save", ctx, done, path)
+    return cfg.run_dir
