@@ -10,10 +10,12 @@ import sys
 # Commands implemented in their own modules, imported only when used (fast start, no torch for `plan`).
 TOOLS = {
     "plan": ("alignlab.plan.cli", "hyperparameter and memory planner (no GPU needed)"),
+    "eval": ("alignlab.eval.run", "generate on a task, grade, write eval files with bootstrap CIs"),
     "compare": ("alignlab.eval.compare", "paired statistical comparison of evaluated runs"),
 }
 TRAIN = {
     "sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning"),
+    "ei": ("alignlab.train.ei", "EIConfig", "expert iteration: sample, keep the correct, SFT, repeat"),
     "grpo": ("alignlab.train.grpo", "GRPOConfig", "GRPO and variants with a verifiable reward"),
 }
 
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     cmd, rest = argv[0], argv[1:]
+    # quiet transformers / hub progress bars without importing them (`plan` must stay torch-free)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from .config import ConfigError
     from .data import DataError
 

@@ -171,6 +171,13 @@ class SamplingConfig(Strict):
     stop: list[str] = Field(default_factory=list, description="stop strings, kept in the output (e.g. '</answer>')")
     batch_size: int = Field(64, gt=0, description="prompts per generate() call")
 
+    @model_validator(mode="after")
+    def _backend(self) -> "SamplingConfig":
+        if self.backend == "vllm":
+            raise ValueError("sampling.backend=vllm is not implemented in this release (no GPU to test it on); "
+                             "use sampling.backend=hf")
+        return self
+
 
 class RLConfig(Strict):
     prompts_per_step: int = Field(16, gt=0)

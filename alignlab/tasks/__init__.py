@@ -51,3 +51,20 @@ def load(cfg: TaskConfig, seed: int = 0) -> Task:
     from . import math as math_task
 
     return math_task.task(cfg, seed)
+
+
+def evaluate(policy, tokenizer, task: Task, *, max_examples: int, max_new_tokens: int, batch_size: int = 64,
+             stop: list[str] | None = None) -> tuple[dict, list[dict]]:
+    """Greedy generations on the held-out examples, graded by the task's reward.
+    -> ({"eval/accuracy", "eval/format_rate"}, one row per example)."""
+    from .. import rollout
+
+    items = task.eval[:max_examples]
+    ro = rollout.generate(policy, tokenizer, [e["prompt"] for e in items], max_new_tokens=max_new_tokens,
+                          stop=stop or task.stop, batch_size=batch_size)
+    scores = [task.reward(c, e) for c, e in zip(ro.completions, items)]
+    rows = [{"id": e["id"], "prompt": e["prompt"], "completion": c, "reference": e["answer"], **sc}
+            for e, c, sc in zip(items, ro.completions, scores)]
+    n = max(len(items), 1)
+    return {"eval/accuracy": sum(x["reward"] for x in scores) / n,
+            "eval/format_rate": sum(x["format_reward"] for x in scores) / n}, rows

@@ -60,7 +60,7 @@ def arithmetic_reward(completion: str, answer: str) -> dict:
         if inner is None:
             return {"format_reward": 0.0, "answer_reward": 0.0, "reward": 0.0}
         text = inner.strip()
-    well_formed = re.fullmatch(r"-?\d+", text) is not None
+    well_formed = re.fullmatch(r"-?[0-9]+", text) is not None  # ASCII digits only
     right = well_formed and int(text) == int(answer)
     return {"format_reward": float(well_formed), "answer_reward": float(right), "reward": float(right)}
 

@@ -90,17 +90,9 @@ def sample_groups(policy, tok, task, cfg: GRPOConfig, step: int):
     return examples, ro, scores, rounds
 
 
-@torch.no_grad()
-def evaluate(policy, tok, task, cfg: GRPOConfig) -> tuple[dict, list[dict]]:
-    items = task.eval[: cfg.eval.max_examples]
-    ro = rollout.generate(policy, tok, [e["prompt"] for e in items], max_new_tokens=cfg.eval.max_new_tokens,
-                          stop=cfg.sampling.stop or task.stop, batch_size=cfg.eval.batch_size)
-    scores = [task.reward(c, e) for c, e in zip(ro.completions, items)]
-    rows = [{"id": e["id"], "prompt": e["prompt"], "completion": c, "reference": e["answer"], **sc}
-            for e, c, sc in zip(items, ro.completions, scores)]
-    n = max(len(items), 1)
-    return {"eval/accuracy": sum(x["reward"] for x in scores) / n,
-            "eval/format_rate": sum(x["format_reward"] for x in scores) / n}, rows
+def evaluate(policy, tok, task, cfg: GRPOConfig):
+    return tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples, max_new_tokens=cfg.eval.max_new_tokens,
+                          batch_size=cfg.eval.batch_size, stop=cfg.sampling.stop)
 
 
 def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:

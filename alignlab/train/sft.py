@@ -29,9 +29,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def make_batch(items: list[data.Encoded], cfg: SFTConfig, pad_id: int) -> dict:
-    if cfg.data.packing:
-        return data.collate_packed(items, pad_id, cfg.data.max_seq_len)
+def make_batch(items: list[data.Encoded], pad_id: int, packing_len: int | None = None) -> dict:
+    if packing_len:
+        return data.collate_packed(items, pad_id, packing_len)
     return data.collate(items, pad_id)
 
 
@@ -43,17 +43,17 @@ def micro_logps(model, batch: dict, prec: models.Precision, device: torch.device
         )["log_probs"]  # (B, T)
 
 
-def accumulate_step(model, items: list[data.Encoded], cfg: SFTConfig, pad_id: int, device, prec, scaler=None):
+def accumulate_step(model, items: list[data.Encoded], pad_id: int, device, prec, *, micro_batch_seqs: int,
+                    normalizer: str = "tokens", bucket: bool = True, packing_len: int | None = None, scaler=None):
     """Forward/backward every micro-batch of one optimizer step; grads accumulate in `.grad`.
     The normaliser (the step's response tokens or sequences) is fixed before the first micro-batch.
-    Returns (step loss, tokens processed)."""
-    t = cfg.training
+    Returns (step loss, tokens processed). Expert iteration reuses it as is."""
     n_tokens = sum(e.n_response for e in items)
     step_loss, n_seen = 0.0, 0
-    for mb in data.micro_batches(items, t.micro_batch_seqs, cfg.data.length_bucketing):
-        batch = to_device(make_batch(mb, cfg, pad_id), device)
+    for mb in data.micro_batches(items, micro_batch_seqs, bucket):
+        batch = to_device(make_batch(mb, pad_id, packing_len), device)
         logps = micro_logps(model, batch, prec, device)
-        loss, _ = losses.sft_nll(logps, batch["response_mask"], t.loss_normalizer, n_tokens, len(items))
+        loss, _ = losses.sft_nll(logps, batch["response_mask"], normalizer, n_tokens, len(items))
         (scaler.scale(loss) if scaler else loss).backward()
         step_loss += loss.item()
         n_seen += batch["input_ids"].numel()
@@ -67,7 +67,7 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
     items = eval_set[: cfg.eval.max_examples]
     nll, n_tok = 0.0, 0
     for mb in data.micro_batches(items, cfg.training.micro_batch_seqs, bucket=True):
-        batch = to_device(make_batch(mb, cfg, tok.pad_token_id), device)
+        batch = to_device(make_batch(mb, tok.pad_token_id, cfg.data.max_seq_len if cfg.data.packing else None), device)
         logps = micro_logps(model, batch, prec, device)
         nll += float(-losses.masked_normalize(logps, batch["response_mask"]))
         n_tok += int(batch["response_mask"].sum())
@@ -132,7 +132,10 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
-            step_loss, n_seen = accumulate_step(policy, items, cfg, tok.pad_token_id, device, prec, scaler)
+            step_loss, n_seen = accumulate_step(
+                policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch_seqs,
+                normalizer=t.loss_normalizer, bucket=cfg.data.length_bucketing,
+                packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler)
             if not math.isfinite(step_loss):
                 raise TrainingDiverged(
                     f"loss is {step_loss} at step {step + 1}; the update was not applied and the last checkpoint "

@@ -18,16 +18,20 @@ from alignlab.eval.passk import maj_at_k, pass_at_k
 from alignlab.rewards.math import extract_answer, grade_answer, normalize_answer, r1_zero_reward
 
 
-def score_math_samples(outputs: list[str], reference: str, ks: tuple[int, ...] = (1,)) -> tuple[dict, dict]:
-    """(metrics, details) for one problem's samples."""
-    rewards = [r1_zero_reward(o, reference) for o in outputs]
+def score_math_samples(outputs: list[str], reference: str, ks: tuple[int, ...] = (1,), reward_fn=None,
+                       extract=None) -> tuple[dict, dict]:
+    """(metrics, details) for one problem's samples. reward_fn / extract default to the r1_zero
+    reward and its <answer> extraction; the arithmetic task passes its own."""
+    reward_fn = reward_fn or r1_zero_reward
+    extract_answer_fn = extract or extract_answer
+    rewards = [reward_fn(o, reference) for o in outputs]
     n = len(outputs)
     metrics: dict[str, float] = {
         "accuracy": sum(r["reward"] for r in rewards) / n,
         "format_reward": sum(r["format_reward"] for r in rewards) / n,
         "answer_reward": sum(r["answer_reward"] for r in rewards) / n,
     }
-    answers = [extract_answer(o) for o in outputs]
+    answers = [extract_answer_fn(o) for o in outputs]
     voted = [normalize_answer(a) if a is not None and a.strip() else None for a in answers]
     if n > 1:
         metrics[f"maj@{n}"] = maj_at_k(voted, lambda a: grade_answer(a, reference))

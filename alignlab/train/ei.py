@@ -1,0 +1,115 @@
+"""Expert iteration: sample, keep what the verifier accepts, fine-tune on it, repeat.
+
+Each round samples `group_size` completions for `questions_per_round` training questions
+(temperature from `sampling`). It keeps the correct ones (each distinct completion of a question
+once, with `dedupe`) and runs `sft_epochs` passes of SFT over them, using the SFT loop's own
+step (`sft.accumulate_step`: response-token NLL normalised over the optimizer step). It logs how
+many questions had at least one correct sample, then evaluates greedy held-out accuracy.
+One optimizer and one schedule span all rounds. A checkpoint after round N is `step_N`.
+Reference: Anthony et al. 2017 (arXiv:1705.08439); STaR (arXiv:2203.14465) for LMs.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, data, hooks as H, models, optim, rollout, tasks, tracking
+from ..config import EIConfig
+from .sft import TrainingDiverged, accumulate_step
+
+
+def kept_examples(examples: list[dict], ro: rollout.Rollout, scores: list[dict], dedupe: bool) -> list[data.Encoded]:
+    """The correct samples as SFT examples (prompt ids + completion ids, completion trained)."""
+    out, seen = [], set()
+    for i, (sc, pid, cid) in enumerate(zip(scores, ro.prompt_ids, ro.completion_ids)):
+        ex = examples[i // ro.n]
+        key = (ex["id"], tuple(cid))
+        if sc["reward"] < 1.0 or not cid or (dedupe and key in seen):
+            continue
+        seen.add(key)
+        out.append(data.Encoded(pid + cid, len(pid), {"id": ex["id"], "answer": ex["answer"]}))
+    return out
+
+
+def main(cfg: EIConfig, hooks: list | None = None) -> Path:
+    e, t, s = cfg.ei, cfg.training, cfg.sampling
+    task = tasks.load(cfg.task, cfg.seed)
+    resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
+    run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
+    model_cfg = cfg.model
+    if resume_from is not None and not cfg.lora.enabled:
+        model_cfg = cfg.model.model_copy(update={"path": str(resume_from)})
+    policy, tok, device, prec = models.load_policy(
+        model_cfg, cfg.lora, t.precision, adapter_dir=str(resume_from) if resume_from and cfg.lora.enabled else None)
+    # An upper bound on updates (every sample correct) sizes the schedule.
+    max_updates = e.n_ei_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)
+    opt, sched = optim.build(policy, cfg.optim, max_updates)
+    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
+    start = 0
+    if resume_from is not None:
+        state = checkpoint.load_state(resume_from)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        start = state["step"]
+        run.truncate_after(start)
+    hooks = H.load(t.hooks, hooks)
+    ctx = H.Context(cfg, run, policy, tok, opt)
+    H.call(hooks, "on_start", ctx)
+    evaluate = lambda: tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples,  # noqa: E731
+                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop)
+    if start == 0:
+        metrics, rows = evaluate()
+        run.log(0, **metrics)
+        run.samples(0, rows)
+
+    with tracking.progress(e.n_ei_steps, start, cfg.name) as bar:
+        for rnd in range(start, e.n_ei_steps):
+            t0 = time.perf_counter()
+            examples = task.sample_train(e.questions_per_round, rnd)
+            ro = rollout.generate(policy, tok, [x["prompt"] for x in examples], max_new_tokens=s.max_new_tokens,
+                                  n=e.group_size, temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
+                                  batch_size=s.batch_size)
+            scores = [task.reward(c, examples[i // e.group_size]) for i, c in enumerate(ro.completions)]
+            per_q = torch.tensor([x["reward"] for x in scores]).view(-1, e.group_size)
+            items = kept_examples(examples, ro, scores, e.dedupe)
+            t1 = time.perf_counter()
+            losses_, n_updates, n_seen = [], 0, 0
+            for epoch in range(e.sft_epochs):
+                order = list(range(len(items)))
+                random.Random(f"{cfg.seed}-{rnd}-{epoch}").shuffle(order)
+                for b in range(0, len(order), e.global_batch_seqs):
+                    batch = [items[i] for i in order[b : b + e.global_batch_seqs]]
+                    loss, seen = accumulate_step(policy, batch, tok.pad_token_id, device, prec,
+                                                 micro_batch_seqs=e.micro_batch_seqs, normalizer=e.loss_normalizer,
+                                                 scaler=scaler)
+                    if not math.isfinite(loss):
+                        raise TrainingDiverged(f"loss is {loss} in round {rnd + 1}; the update was not applied")
+                    optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
+                    losses_.append(loss)
+                    n_updates += 1
+                    n_seen += seen
+            t2 = time.perf_counter()
+            done = rnd + 1
+            metrics, rows = evaluate()
+            row = run.log(done, **metrics, **{
+                "ei/questions_with_correct_frac": (per_q.max(1).values > 0).float().mean().item(),
+                "ei/kept_samples": len(items), "ei/updates": n_updates,
+                "reward/mean": per_q.mean().item(), "loss/train": sum(losses_) / max(len(losses_), 1),
+                "lr": sched.get_last_lr()[0], "time/rollout": t1 - t0, "time/train": t2 - t1,
+                "tokens/per_s": n_seen / max(t2 - t1, 1e-9), "mem/peak_gb": tracking.peak_memory_gb(device)})
+            run.samples(done, rows)
+            bar.update(bar.task_ids[0], advance=1, loss=f"acc={metrics['eval/accuracy']:.3f}",
+                       tps=f"{row['tokens/per_s']:,.0f}")
+            bar.console.print(f"round {done}: kept {len(items)} samples, {100 * row['ei/questions_with_correct_frac']:.0f}% "
+                              f"of questions had a correct one, held-out accuracy {metrics['eval/accuracy']:.3f}")
+            H.call(hooks, "on_step_end", ctx, done, row)
+            H.call(hooks, "on_eval", ctx, done, metrics)
+            if run.due(done, t.save_every, e.n_ei_steps):
+                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
+                H.call(hooks, "on_save", ctx, done, path)
+    return cfg.run_dir
