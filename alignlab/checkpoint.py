@@ -125,3 +125,17 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
 
 def load_state(ckpt: Path) -> dict:
     return torch.load(Path(ckpt) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def restore(ckpt: Path | None, optimizer, scheduler, scaler=None) -> int:
+    """Load optimizer, scheduler, scaler and RNG state from a checkpoint; -> the step to continue
+    from (0 when `ckpt` is None). The model itself is loaded by `models.load_policy(resume_from=)`."""
+    if ckpt is None:
+        return 0
+    state = load_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return state["step"]

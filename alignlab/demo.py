@@ -69,7 +69,11 @@ def plot_stages(runs: dict[str, Path], out: Path) -> Path:
     gr = tracking.read_metrics(runs["grpo"])
     ax = axes[2]
     tr = [m for m in gr if "reward/mean" in m]
-    ax.plot([m["step"] for m in tr], [100 * m["reward/mean"] for m in tr], lw=0.8, alpha=0.7, label="sample reward (T=1)")
+    r = [100 * m["reward/mean"] for m in tr]
+    ax.plot([m["step"] for m in tr], r, lw=0.6, alpha=0.35, color="tab:blue")
+    w = min(20, len(r))
+    smooth = [sum(r[max(0, i - w + 1) : i + 1]) / len(r[max(0, i - w + 1) : i + 1]) for i in range(len(r))]
+    ax.plot([m["step"] for m in tr], smooth, lw=1.5, color="tab:blue", label=f"sample reward (T=1), {w}-step mean")
     ev = [m for m in gr if "eval/accuracy" in m]
     ax.plot([m["step"] for m in ev], [100 * m["eval/accuracy"] for m in ev], "s--", color="tab:green",
             label="held-out accuracy (greedy)")

@@ -179,10 +179,17 @@ def apply_lora(model, lora: LoRAConfig, quantized: bool = False):
     return model
 
 
-def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "auto", adapter_dir: str | None = None):
-    """-> (model, tokenizer, device, Precision). `adapter_dir` resumes a LoRA policy from a checkpoint."""
+def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "auto", resume_from=None):
+    """-> (model, tokenizer, device, Precision). `resume_from` (a checkpoints/step_N folder) holds the
+    full weights for full fine-tuning, or the adapter to put back on the base for LoRA."""
     from peft import PeftModel
 
+    adapter_dir = None
+    if resume_from is not None:
+        if lora_cfg.enabled:
+            adapter_dir = str(resume_from)
+        else:
+            model_cfg = model_cfg.model_copy(update={"path": str(resume_from)})
     device = pick_device(model_cfg.device)
     prec = pick_precision(model_cfg.dtype, precision, device, lora_cfg.enabled)
     path = resolve_model_path(model_cfg.path)
@@ -191,7 +198,10 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
         raise ConfigError("lora.qlora=true needs lora.enabled=true")
     model = load_causal_lm(path, model_cfg, device, prec.weights, quantize_4bit=lora_cfg.qlora)
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if lora_cfg.enabled:
         if adapter_dir is not None:

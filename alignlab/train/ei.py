@@ -40,23 +40,13 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     task = tasks.load(cfg.task, cfg.seed)
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
-    model_cfg = cfg.model
-    if resume_from is not None and not cfg.lora.enabled:
-        model_cfg = cfg.model.model_copy(update={"path": str(resume_from)})
-    policy, tok, device, prec = models.load_policy(
-        model_cfg, cfg.lora, t.precision, adapter_dir=str(resume_from) if resume_from and cfg.lora.enabled else None)
+    policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     # An upper bound on updates (every sample correct) sizes the schedule.
     max_updates = e.n_ei_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)
     opt, sched = optim.build(policy, cfg.optim, max_updates)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
-    start = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        start = state["step"]
-        run.truncate_after(start)
+    start = checkpoint.restore(resume_from, opt, sched, scaler)
+    run.truncate_after(start)
     hooks = H.load(t.hooks, hooks)
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)

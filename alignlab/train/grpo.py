@@ -100,11 +100,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     task = tasks.load(cfg.task, cfg.seed)
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
-    model_cfg = cfg.model
-    if resume_from is not None and not cfg.lora.enabled:
-        model_cfg = cfg.model.model_copy(update={"path": str(resume_from)})
-    policy, tok, device, prec = models.load_policy(
-        model_cfg, cfg.lora, t.precision, adapter_dir=str(resume_from) if resume_from and cfg.lora.enabled else None)
+    policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
     reference = None
     if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled
@@ -113,14 +109,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     n_updates = t.total_steps * rl.epochs_per_rollout_batch
     opt, sched = optim.build(policy, cfg.optim, n_updates)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
-    start = 0
-    if resume_from is not None:
-        state = checkpoint.load_state(resume_from)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        checkpoint.set_rng_state(state["rng"])
-        start = state["step"]
-        run.truncate_after(start)
+    start = checkpoint.restore(resume_from, opt, sched, scaler)
+    run.truncate_after(start)
     hooks = H.load(t.hooks, hooks)
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
