@@ -5,7 +5,6 @@ over-long example stops the run with `FILE:LINE: what is wrong; how to fix it`.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +12,10 @@ from pathlib import Path
 import torch
 
 from .config import DataConfig
+from .jsonl import read_jsonl as _read_jsonl
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
+from .jsonl import DataError  # noqa: E402  (re-exported: alignlab.data.DataError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,26 +68,8 @@ SFT_SHAPE = 'an SFT line is {"prompt": str, "response": str} or {"messages": [{"
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; a bad line raises naming FILE:LINE."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: file not found")
-    rows = []
-    with p.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                                f"fix or delete this line") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}; {SFT_SHAPE}")
-            rows.append((n, obj))
-    if not rows:
-        raise DataError(f"{path}: no examples (empty file)")
-    return rows
+    """(line number, object) for every non-blank line of an SFT file; errors name FILE:LINE."""
+    return _read_jsonl(path, hint=SFT_SHAPE)
 
 
 def validate_sft_example(obj: dict, where: str) -> dict:

@@ -111,7 +111,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     bad.mkdir(parents=True)
     (bad / "math.jsonl").write_text('{"id": 0, "metrics": {"accuracy": 1}}\n{oops\n')
     assert main([str(a), str(tmp_path / "bad"), "--task", "math"]) == 2
-    assert "math.jsonl:2: invalid JSON" in capsys.readouterr().err
+    assert "math.jsonl:2: not valid JSON" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(a), "--task"])  # argparse usage error
 

@@ -54,7 +54,7 @@ def test_format_prompt_and_aliases():
 def test_bad_data_file_names_file_and_line(tmp_path):
     p = tmp_path / "bad.jsonl"
     p.write_text('{"id": "a", "prompt": "x", "reference": "1"}\n{"id": "b", "prompt": "y"\n')
-    with pytest.raises(EvalFileError, match=r"bad\.jsonl:2: invalid JSON"):
+    with pytest.raises(EvalFileError, match=r"bad\.jsonl:2: not valid JSON"):
         ed.load_examples("math", p)
     p.write_text('{"id": "a", "prompt": "x", "reference": "1"}\n\n{"id": "b", "prompt": "y"}\n')
     with pytest.raises(EvalFileError, match=r"bad\.jsonl:3: missing field\(s\) 'reference'"):

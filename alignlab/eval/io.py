@@ -19,34 +19,29 @@ from pathlib import Path
 from typing import Iterable
 
 
-class EvalFileError(ValueError):
+from alignlab.jsonl import DataError
+from alignlab.jsonl import read_jsonl as _read_jsonl
+
+
+class EvalFileError(DataError):
     """Bad content in an eval or data file; the message names the file and line."""
 
 
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict]:
     """JSON objects of a JSONL file (blank lines skipped); each must have the required fields."""
-    p = Path(path)
-    if not p.is_file():
-        raise EvalFileError(f"{p}: file not found")
-    rows: list[dict] = []
     required = tuple(required)
-    with p.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalFileError(f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); "
-                                    "each line must be exactly one JSON object") from None
-            if not isinstance(obj, dict):
-                raise EvalFileError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            missing = [k for k in required if k not in obj]
-            if missing:
-                raise EvalFileError(f"{p}:{lineno}: missing field(s) {', '.join(map(repr, missing))}; "
-                                    f"every line needs {', '.join(required)}")
-            obj["_line"] = lineno
-            rows.append(obj)
+    try:
+        pairs = _read_jsonl(path, hint="each line must be exactly one JSON object")
+    except DataError as e:
+        raise EvalFileError(str(e)) from None
+    rows: list[dict] = []
+    for lineno, obj in pairs:
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise EvalFileError(f"{path}:{lineno}: missing field(s) {', '.join(map(repr, missing))}; "
+                                f"every line needs {', '.join(required)}")
+        obj["_line"] = lineno
+        rows.append(obj)
     return rows
 
 
