@@ -110,6 +110,10 @@ def main() -> None:
                         f"model.device={args.device}"], check=True, capture_output=True)
     spec = dict(model=str(start), out=str(work), steps=args.steps, prompts=args.prompts, group=args.group, lr=args.lr,
                 device=args.device)
+    import shutil
+
+    shutil.rmtree(work / "ours", ignore_errors=True)  # the benchmark owns these folders
+    shutil.rmtree(work / "trl", ignore_errors=True)
     ours, theirs = run(OURS, spec), run(THEIRS, spec)
     last = lambda r: sum(r[-5:]) / len(r[-5:])  # noqa: E731
     t = Table(title=f"GRPO, tiny Qwen2, {args.prompts} prompts x {args.group} samples, {args.steps} steps, {args.device}")

@@ -148,6 +148,7 @@ def test_grpo_full_finetune_kl_uses_a_frozen_reference(tmp_path, qwen_dir):
     assert cli.main(grpo_args(tmp_path, qwen_dir, "gk", **{"rl.kl_coef": 0.1, "rl.epochs_per_rollout_batch": 2})) == 0
     train = [r for r in tracking.read_metrics(tmp_path / "gk") if "reward/mean" in r]
     assert train[0]["kl/ref"] == pytest.approx(0.0, abs=1e-6)  # step 1 is sampled from the reference itself
+    assert all(r["ratio/mean"] == 1.0 for r in train)  # epoch 0 of every step: old log-probs from the same micro-batches
     assert train[1]["kl/ref"] > 0
 
 

@@ -132,11 +132,15 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             t2 = time.perf_counter()
             mbs = [{k: v[i : i + rl.micro_batch_seqs].to(device) for k, v in batch.items()}
                    for i in range(0, n_seqs, rl.micro_batch_seqs)]
-            with torch.no_grad():  # old log-probs: same micro-batches as training, so ratio == 1 on-policy
+            # Old log-probs need their own pass only when later epochs go off-policy; on-policy, the
+            # sampling policy is the policy of the training forward itself (ratio == 1 by construction).
+            off_policy = rl.epochs_per_rollout_batch > 1
+            with torch.no_grad():
                 for mb in mbs:
                     fwd = dict(attention_mask=mb["attention_mask"], temperature=cfg.sampling.temperature)
                     with prec.autocast_ctx(device):
-                        mb["old_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
+                        if off_policy:  # same micro-batches as training, so epoch 0 is exactly on-policy
+                            mb["old_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
                         if rl.kl_coef > 0:
                             if reference is None:
                                 with models.reference_mode(policy):
@@ -145,10 +149,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                                 mb["ref_logps"] = get_response_log_probs(reference, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
             mask_all = batch["response_mask"]
             n_tokens = int(mask_all.sum())
-            # training-side log-probs vs the sampler's: nonzero with top-p, half precision, or another engine
-            d = torch.cat([(mb["old_logps"] - mb["sampling_logps"])[mb["response_mask"]] for mb in mbs])
-            stats: dict[str, float] = {"mismatch/logp_abs_mean": d.abs().mean().item(),
-                                       "mismatch/logp_abs_max": d.abs().max().item(), "mismatch/ratio_mean": d.exp().mean().item()}
+            stats: dict[str, float] = {}
             for epoch in range(rl.epochs_per_rollout_batch):
                 agg = {"loss/policy": 0.0, "clip/frac": 0.0, "clip/low_frac": 0.0, "clip/high_frac": 0.0,
                        "ratio/mean": 0.0, "kl/ref": 0.0, "entropy/mean": 0.0}
@@ -158,6 +159,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                         out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
                                                      temperature=cfg.sampling.temperature, return_token_entropy=True)
                     logps = out["log_probs"]
+                    if "old_logps" not in mb:
+                        mb["old_logps"] = logps.detach()
                     per_token, meta = LOSSES[rl.loss_type](logps, mb, rl)
                     if rl.kl_coef > 0:
                         kl = losses.kl_estimate(logps, mb["ref_logps"], rl.kl_estimator)
@@ -181,6 +184,10 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                 else:
                     stats.update({"loss/policy_last_epoch": agg["loss/policy"], "clip/frac_last_epoch": agg["clip/frac"]})
             t3 = time.perf_counter()
+            # training-side log-probs vs the sampler's: nonzero with top-p, half precision, or another engine
+            d = torch.cat([(mb["old_logps"] - mb["sampling_logps"])[mb["response_mask"]] for mb in mbs])
+            stats.update({"mismatch/logp_abs_mean": d.abs().mean().item(), "mismatch/logp_abs_max": d.abs().max().item(),
+                          "mismatch/ratio_mean": d.exp().mean().item()})
             g = rewards.view(-1, rl.group_size)
             resp_len = mask_all.sum(-1).float()
             done = step + 1
