@@ -57,3 +57,15 @@ def test_vllm_backend_is_refused_clearly():
 
     with pytest.raises(ConfigError, match="sampling.backend=vllm is not implemented"):
         load_config(GRPOConfig, "grpo_tiny", ["sampling.backend=vllm"])
+
+
+def test_eval_a_lora_run_loads_base_plus_adapter(tmp_path, qwen_dir):
+    from conftest import sft_overrides
+
+    assert cli.main(["sft", "-c", "sft_tiny", *sft_overrides(tmp_path, qwen_dir, "lora", **{
+        "lora.enabled": "true", "lora.r": 4, "data.eval": "null"})]) == 0
+    assert (tmp_path / "lora/checkpoints/step_4/adapter_config.json").exists()
+    assert cli.main(["eval", "--run", str(tmp_path / "lora"), "--task", "arithmetic", "--max-examples", "4",
+                     "--resamples", "100"]) == 0
+    summary = json.loads((tmp_path / "lora/eval/arithmetic.summary.json").read_text())
+    assert summary["metrics"]["accuracy"]["n"] == 4

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.task in RL_TASKS:  # examples and grading first: bad data fails before the model loads
         prompt = args.prompt or ("plain" if args.task == "arithmetic" else "r1_zero")
-        tcfg = TaskConfig(name=args.task, prompt=prompt, eval=args.data,
+        data = None if (args.data or "").startswith("builtin:") else args.data  # builtin: the task's own held-out set
+        tcfg = TaskConfig(name=args.task, prompt=prompt, eval=data,
                           arithmetic=ArithmeticConfig(n_eval=args.max_examples or 200))
         task = tasks.load(tcfg, args.seed)
         task.eval = task.eval[: args.max_examples] if args.max_examples else task.eval
