@@ -17,6 +17,9 @@ TRAIN = {
     "sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning"),
     "ei": ("alignlab.train.ei", "EIConfig", "expert iteration: sample, keep the correct, SFT, repeat"),
     "grpo": ("alignlab.train.grpo", "GRPOConfig", "GRPO and variants with a verifiable reward"),
+    "dpo": ("alignlab.train.dpo", "DPOConfig", "DPO, cDPO, IPO, hinge, SimPO on preference pairs"),
+    "ppo": ("alignlab.train.ppo", "PPOConfig", "PPO with GAE, a value head, KL to the reference"),
+    "rm": ("alignlab.train.reward_model", "RMConfig", "Bradley-Terry reward model (LM + scalar head, or small encoder)"),
 }
 
 
@@ -91,7 +94,15 @@ def demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
+def pipeline(argv: list[str]) -> int:
+    _quiet_libraries()
+    from .pipeline import main as pipeline_main
+
+    return pipeline_main(argv)
+
+
 BUILTIN = {"make-tiny": (make_tiny, "build a tiny model offline"), "merge-lora": (merge_lora, "merge a LoRA adapter"),
+           "pipeline": (pipeline, "chain stages: SFT -> RM -> PPO / DPO / GRPO, resumable stage by stage"),
            "demo": (demo, "the end-to-end demo on a tiny model")}
 
 

@@ -288,6 +288,209 @@ class EIConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------
+# Preferences: DPO and reward models
+# ----------------------------------------------------------------------------------------------
+
+
+class PrefDataConfig(Strict):
+    train: str = Field("builtin:arithmetic", description="JSONL of prompt/chosen/rejected, builtin:arithmetic or builtin:safety")
+    eval: str | None = Field("builtin:arithmetic", description="held-out pairs (same forms); null disables")
+    n_train: int = Field(1024, gt=0, description="pairs drawn from builtin:arithmetic (other sets use every line)")
+    n_eval: int = Field(256, gt=0)
+    format: Literal["plain", "chat"] = "plain"
+    max_seq_len: int = Field(128, gt=0)
+    on_too_long: Literal["error", "truncate", "drop"] = "error"
+    packing: bool = False
+
+
+class PrefTrainingConfig(RunConfig):
+    total_steps: int | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+    global_batch_pairs: int = Field(32, gt=0, description="preference pairs per optimizer step")
+    micro_batch_pairs: int = Field(8, gt=0, description="pairs per forward (chosen and rejected in one batch)")
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> "PrefTrainingConfig":
+        if self.global_batch_pairs % self.micro_batch_pairs:
+            raise ValueError(f"global_batch_pairs={self.global_batch_pairs} is not a multiple of micro_batch_pairs="
+                             f"{self.micro_batch_pairs} (e.g. micro_batch_pairs="
+                             f"{_largest_divisor(self.global_batch_pairs, self.micro_batch_pairs)})")
+        if self.total_steps is None and self.epochs is None:
+            raise ValueError("set training.total_steps or training.epochs")
+        return self
+
+
+class DPOSection(Strict):
+    loss: Literal["sigmoid", "cdpo", "ipo", "hinge", "simpo"] = "sigmoid"
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's eps: the share of labels assumed flipped")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
+    reference: Literal["auto", "precomputed", "copy", "adapter"] = Field(
+        "auto", description="auto: adapter-disabled base for LoRA, precomputed log-probs otherwise; "
+        "copy: a frozen second model; precomputed: one pass before training, cached in the run dir")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DPOSection":
+        if self.loss == "cdpo" and self.label_smoothing == 0:
+            raise ValueError("dpo.loss=cdpo needs dpo.label_smoothing > 0 (e.g. 0.1); with 0 it is plain sigmoid DPO")
+        if self.loss != "cdpo" and self.label_smoothing > 0:
+            raise ValueError("dpo.label_smoothing only applies to dpo.loss=cdpo")
+        return self
+
+
+class DPOConfig(Strict):
+    name: str = "dpo"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6))
+    data: PrefDataConfig = Field(default_factory=PrefDataConfig)
+    dpo: DPOSection = Field(default_factory=DPOSection)
+    training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @model_validator(mode="after")
+    def _reference(self) -> "DPOConfig":
+        if self.dpo.reference == "adapter" and not self.lora.enabled:
+            raise ValueError("dpo.reference=adapter needs lora.enabled=true (the reference is the base, adapters off)")
+        return self
+
+
+class RMSection(Strict):
+    kind: Literal["lm", "encoder"] = Field(
+        "lm", description="lm: the LM backbone with a scalar head (AutoModelForSequenceClassification); "
+        "encoder: the small 3-layer transformer encoder over the policy tokenizer's ids")
+    center_coef: float = Field(0.0, ge=0, description="reward centring: + coef * (r_c + r_r)^2")
+    encoder_d_model: int = Field(128, gt=0)
+    encoder_layers: int = Field(3, gt=0)
+    encoder_heads: int = Field(4, gt=0)
+
+
+class RMConfig(Strict):
+    name: str = "rm"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-5))
+    data: PrefDataConfig = Field(default_factory=PrefDataConfig)
+    rm: RMSection = Field(default_factory=RMSection)
+    training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO
+# ----------------------------------------------------------------------------------------------
+
+
+class RewardSection(Strict):
+    source: Literal["task", "rm", "heuristic", "hybrid"] = Field(
+        "task", description="task: the task's verifiable reward; rm: a reward-model folder (alignlab rm); "
+        "heuristic: toxicity/length/repetition; hybrid: alpha * heuristic + beta * rm score")
+    rm_path: str | None = Field(None, description="reward model folder (checkpoints/step_N of an alignlab rm run)")
+    alpha: float = 0.5
+    beta: float = 0.5
+    normalize: bool = Field(False, description="running mean/std normalisation of the reward components")
+
+    @model_validator(mode="after")
+    def _needs_rm(self) -> "RewardSection":
+        if self.source in ("rm",) and not self.rm_path:
+            raise ValueError("reward.source=rm needs reward.rm_path (a folder written by `alignlab rm`)")
+        return self
+
+
+class PPOSection(Strict):
+    rollout_size: int = Field(64, gt=0, description="sequences per rollout batch (one sample per prompt)")
+    minibatch_seqs: int = Field(16, gt=0, description="sequences per optimizer step inside a PPO epoch")
+    num_ppo_epochs: int = Field(4, gt=0)
+    clip: float = Field(0.2, gt=0, description="policy ratio clip")
+    value_clip: float = Field(0.2, gt=0)
+    vf_coef: float = Field(0.5, ge=0)
+    entropy_coef: float = Field(0.01, ge=0)
+    kl_coef: float = Field(0.1, ge=0, description="per-token KL penalty folded into the rewards")
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    adaptive_kl: bool = Field(False, description="Ziegler et al. controller towards kl_target")
+    kl_target: float = Field(6.0, gt=0, description="target KL (nats per sequence) for the adaptive controller")
+    kl_horizon: int = Field(10000, gt=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    whiten_advantages: bool = True
+    early_stop_kl: float | None = Field(None, gt=0, description="stop a rollout's epochs when approx KL exceeds it")
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> "PPOSection":
+        if self.rollout_size % self.minibatch_seqs:
+            raise ValueError(f"rollout_size={self.rollout_size} is not a multiple of minibatch_seqs={self.minibatch_seqs}")
+        return self
+
+
+class PPOConfig(Strict):
+    name: str = "ppo"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    reward: RewardSection = Field(default_factory=RewardSection)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    ppo: PPOSection = Field(default_factory=PPOSection)
+    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
+    eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# ----------------------------------------------------------------------------------------------
+# Staged pipelines
+# ----------------------------------------------------------------------------------------------
+
+
+class StageConfig(Strict):
+    name: str
+    kind: Literal["sft", "ei", "grpo", "dpo", "rm", "ppo"]
+    config: str = Field(description="a YAML file or a packaged config name (sft_tiny, rm_tiny, ...)")
+    overrides: list[str] = Field(default_factory=list)
+    model_from: str | None = Field(None, description="an earlier stage whose final checkpoint is this stage's model.path")
+    reward_from: str | None = Field(None, description="ppo only: an earlier rm stage, used as reward.rm_path")
+
+
+class PipelineConfig(Strict):
+    name: str = "pipeline"
+    out_dir: str = "runs"
+    stages: list[StageConfig]
+
+    @model_validator(mode="after")
+    def _wiring(self) -> "PipelineConfig":
+        seen: dict[str, str] = {}
+        for st in self.stages:
+            if st.name in seen:
+                raise ValueError(f"stage name {st.name!r} is used twice")
+            for key in ("model_from", "reward_from"):
+                ref = getattr(st, key)
+                if ref is not None and ref not in seen:
+                    raise ValueError(f"stage {st.name!r}: {key}={ref!r} is not an earlier stage "
+                                     f"(earlier: {', '.join(seen) or 'none'})")
+            if st.reward_from is not None:
+                if st.kind != "ppo":
+                    raise ValueError(f"stage {st.name!r}: reward_from only applies to kind=ppo")
+                if seen[st.reward_from] != "rm":
+                    raise ValueError(f"stage {st.name!r}: reward_from={st.reward_from!r} is a {seen[st.reward_from]} stage, not rm")
+            seen[st.name] = st.kind
+        return self
+
+
+# ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 

@@ -263,3 +263,74 @@ def micro_batches(items: list[Encoded], micro: int, bucket: bool) -> list[list[E
     if bucket:
         items = sorted(items, key=lambda e: len(e.ids))
     return [items[i : i + micro] for i in range(0, len(items), micro)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Preference pairs (DPO, reward models)
+# ----------------------------------------------------------------------------------------------
+
+PREF_SHAPE = ('a preference line is {"prompt": str or messages, "chosen": str or messages, '
+              '"rejected": str or messages}')
+
+
+def validate_pref_example(obj: dict, where: str) -> dict:
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}; {PREF_SHAPE}")
+    out = {"id": obj.get("id", where), "where": where}
+    for k in ("prompt", "chosen", "rejected"):
+        v = obj[k]
+        if isinstance(v, list):
+            for i, m in enumerate(v):
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise DataError(f"{where}: {k}[{i}] needs string 'role' and 'content'")
+            if k != "prompt":  # a completion given as messages: the assistant's text
+                if not v or v[-1]["role"] != "assistant":
+                    raise DataError(f"{where}: {k!r} given as messages must end with the assistant's message")
+                v = v[-1]["content"]
+        elif not isinstance(v, str):
+            raise DataError(f"{where}: {k!r} must be a string or a list of messages, got {type(v).__name__}")
+        if k != "prompt" and not v:
+            raise DataError(f"{where}: {k!r} is empty")
+        out[k] = v
+    if out["chosen"] == out["rejected"]:
+        raise DataError(f"{where}: 'chosen' and 'rejected' are identical; the pair carries no preference")
+    return out
+
+
+def load_pref_examples(spec: str, split: str, seed: int, n: int) -> list[dict]:
+    """builtin:arithmetic (generated, split-safe), builtin:safety (hand-written), or a JSONL path."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name == "arithmetic":
+            from .rewards.builtin_prefs import arithmetic_pairs
+
+            rows = arithmetic_pairs(n, seed, split)
+            return [validate_pref_example(r, f"{spec}#{i}") for i, r in enumerate(rows)]
+        if name == "safety":
+            import random as _random
+            from pathlib import Path as _Path
+
+            path = _Path(__file__).parent / "data" / "preferences_safety.jsonl"
+            rows = [validate_pref_example(obj, f"{path}:{ln}") for ln, obj in read_jsonl(path)]
+            _random.Random(0).shuffle(rows)  # fixed split, independent of the run's seed
+            cut = max(1, len(rows) // 5)
+            return rows[cut:] if split == "train" else rows[:cut]
+        raise DataError(f"unknown built-in preference set {spec!r}; available: builtin:arithmetic, builtin:safety")
+    return [validate_pref_example(obj, f"{spec}:{ln}") for ln, obj in _read_jsonl(spec, hint=PREF_SHAPE)]
+
+
+def encode_pairs(examples: list[dict], tokenizer, cfg) -> list[tuple[Encoded, Encoded]]:
+    """(chosen, rejected) encodings that share the prompt's tokens."""
+    out = []
+    for ex in examples:
+        pair = []
+        for side in ("chosen", "rejected"):
+            if isinstance(ex["prompt"], list):
+                one = {"messages": ex["prompt"] + [{"role": "assistant", "content": ex[side]}], "where": ex["where"]}
+            else:
+                one = {"prompt": ex["prompt"], "response": ex[side], "where": ex["where"]}
+            enc = encode([one], tokenizer, cfg)
+            pair.append(enc[0])
+        out.append((pair[0], pair[1]))
+    return out

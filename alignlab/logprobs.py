@@ -68,6 +68,7 @@ def get_response_log_probs(
     position_ids: torch.Tensor | None = None,
     chunk_tokens: int | None = None,
     temperature: float = 1.0,
+    return_hidden: bool = False,
 ) -> dict[str, torch.Tensor]:
     """log p(labels[b, t] | input_ids[b, :t+1]) for every position: {"log_probs": (B, T)[, "token_entropy": (B, T)]}.
 
@@ -98,6 +99,8 @@ def get_response_log_probs(
     result = {"log_probs": torch.cat(logps).view(B, T)}
     if return_token_entropy:
         result["token_entropy"] = torch.cat(ents).view(B, T)
+    if return_hidden:  # PPO: a value head on the same forward
+        result["hidden"] = hidden
     return result
 
 

@@ -166,3 +166,69 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str) -> torc
     if kind == "k3":
         return torch.exp(log_r) - 1 - log_r
     raise ValueError(f"unknown KL estimator {kind!r}: k1, k2 or k3")
+
+
+# ----------------------------------------------------------------------------------------------
+# Preferences: the DPO family and Bradley-Terry. Inputs are per-sequence log-probs (B,) summed over
+# response tokens (SimPO: averaged). Each returns (per-pair loss (B,), stats).
+# ----------------------------------------------------------------------------------------------
+
+
+def _logratio_margin(pi_c, pi_r, ref_c, ref_r):
+    """h = (log pi(y_c) - log ref(y_c)) - (log pi(y_r) - log ref(y_r)), (B,)."""
+    return (pi_c - ref_c) - (pi_r - ref_r)
+
+
+def dpo_sigmoid(pi_c, pi_r, ref_c, ref_r, beta: float, label_smoothing: float = 0.0):
+    """DPO (arXiv:2305.18290): -log sigmoid(beta h); with label_smoothing eps, conservative DPO
+    (cDPO): -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h). At pi == ref the loss is log 2."""
+    h = beta * _logratio_margin(pi_c, pi_r, ref_c, ref_r)
+    loss = -(1 - label_smoothing) * torch.nn.functional.logsigmoid(h) - label_smoothing * torch.nn.functional.logsigmoid(-h)
+    return loss, _pref_stats(pi_c, pi_r, ref_c, ref_r, beta)
+
+
+def dpo_ipo(pi_c, pi_r, ref_c, ref_r, beta: float, label_smoothing: float = 0.0):
+    """IPO (arXiv:2310.12036): (h - 1/(2 beta))^2, a squared loss that does not saturate."""
+    h = _logratio_margin(pi_c, pi_r, ref_c, ref_r)
+    return (h - 1 / (2 * beta)) ** 2, _pref_stats(pi_c, pi_r, ref_c, ref_r, beta)
+
+
+def dpo_hinge(pi_c, pi_r, ref_c, ref_r, beta: float, label_smoothing: float = 0.0):
+    """Hinge (SLiC, arXiv:2305.10425): max(0, 1 - beta h)."""
+    h = beta * _logratio_margin(pi_c, pi_r, ref_c, ref_r)
+    return torch.relu(1 - h), _pref_stats(pi_c, pi_r, ref_c, ref_r, beta)
+
+
+def simpo(avg_c, avg_r, beta: float, gamma: float):
+    """SimPO (arXiv:2405.14734), reference-free: -log sigmoid(beta (avg_logp_c - avg_logp_r) - gamma),
+    with per-token average log-probs (length normalised)."""
+    h = beta * (avg_c - avg_r) - gamma
+    loss = -torch.nn.functional.logsigmoid(h)
+    rc, rr = (beta * avg_c).detach(), (beta * avg_r).detach()
+    return loss, {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margin": rc - rr,
+                  "rewards/accuracy": (rc > rr).float()}
+
+
+def _pref_stats(pi_c, pi_r, ref_c, ref_r, beta):
+    rc, rr = (beta * (pi_c - ref_c)).detach(), (beta * (pi_r - ref_r)).detach()
+    return {"rewards/chosen": rc, "rewards/rejected": rr, "rewards/margin": rc - rr, "rewards/accuracy": (rc > rr).float()}
+
+
+def bradley_terry(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, center_coef: float = 0.0):
+    """Reward-model loss: -log sigmoid(r_c - r_r), plus center_coef * (r_c + r_r)^2 to keep rewards
+    centred at 0 (Eisenstein et al., arXiv:2312.09244). Mean over pairs. -> (loss, stats)."""
+    loss = -torch.nn.functional.logsigmoid(chosen_rewards - rejected_rewards)
+    if center_coef:
+        loss = loss + center_coef * (chosen_rewards + rejected_rewards) ** 2
+    return loss.mean(), {"accuracy": (chosen_rewards > rejected_rewards).float().mean().detach(),
+                         "margin": (chosen_rewards - rejected_rewards).mean().detach()}
+
+
+def value_loss_clipped(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                       clip: float, n_tokens: float) -> tuple[torch.Tensor, dict]:
+    """PPO value loss with clipping (arXiv:1707.06347 as in OpenAI baselines):
+    0.5 * max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2), summed over masked tokens / n_tokens."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    per_token = 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    frac = masked_normalize(((clipped - returns) ** 2 > (values - returns) ** 2).float(), mask, normalize_constant=n_tokens)
+    return masked_normalize(per_token, mask, normalize_constant=n_tokens), {"value/clip_frac": frac.detach()}

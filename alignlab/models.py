@@ -216,6 +216,30 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
     return model, tok, device, prec
 
 
+def load_reward_model(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "auto", resume_from=None):
+    """An LM backbone with a scalar head (AutoModelForSequenceClassification, num_labels=1): the score
+    of a sequence is the head's output at its last non-padding token. -> (model, tokenizer, device, Precision)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    device = pick_device(model_cfg.device)
+    prec = pick_precision(model_cfg.dtype, precision, device, lora_cfg.enabled)
+    path = str(resume_from) if (resume_from is not None and not lora_cfg.enabled) else resolve_model_path(model_cfg.path)
+    tok = load_tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=prec.weights)
+    model.config.pad_token_id = tok.pad_token_id
+    if lora_cfg.enabled:
+        if resume_from is not None:
+            model = PeftModel.from_pretrained(model, str(resume_from), is_trainable=True)
+        else:
+            model = get_peft_model(model, LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                                                     target_modules=lora_cfg.target_modules, task_type="SEQ_CLS"))
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return model.to(device), tok, device, prec
+
+
 def disable_dropout(model) -> None:
     """RL: dropout would make the training forward differ from the sampling policy (ratio != 1)."""
     for m in model.modules():

@@ -1,0 +1,219 @@
+"""PPO for language models (Ziegler et al. arXiv:1909.08593; Ouyang et al. arXiv:2203.02155).
+
+Each rollout step:
+1. Sample one completion for each of `ppo.rollout_size` prompts and score it. The score comes
+   from the task's verifiable reward, a reward model (`alignlab rm`), the heuristic reward, or the
+   hybrid `alpha * heuristic + beta * model` (`reward.source`).
+2. Fold a per-token KL penalty to the reference into the rewards:
+   r_t = -kl_coef * KL_t, with the score added at the last response token.
+   The reference is the LoRA base with adapters disabled, or a frozen copy for full fine-tuning.
+3. Compute the advantages with GAE (gamma, lambda) from a scalar value head on the policy's own
+   final hidden states (shared backbone), and whiten them.
+4. Run `num_ppo_epochs` passes over shuffled minibatches, one optimizer step each:
+   clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, each a token mean
+   over the minibatch. A rollout's remaining epochs are skipped when the approximate KL exceeds
+   `early_stop_kl`.
+5. Update kl_coef: fixed, or the adaptive controller towards `kl_target` (nats per sequence).
+
+Defaults are the project plan's: clip 0.2, entropy 0.01, KL 0.1, 4 PPO epochs, rollout size 64.
+Departs from the papers in:
+- the value head shares the policy's trunk (no separate critic model);
+- dropout is off, so the first minibatch of the first epoch is exactly on-policy.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .. import advantages as A
+from .. import checkpoint, hooks as H, losses, models, optim, rollout, tasks, tracking
+from ..config import PPOConfig
+from ..logprobs import get_response_log_probs
+from .sft import TrainingDiverged
+
+
+def build_scorer(cfg: PPOConfig, task, device):
+    """-> score(examples, completions) -> (scores (B,), {component: mean}) for `reward.source`."""
+    r = cfg.reward
+    rm = None
+    if r.rm_path:
+        from transformers import AutoModelForSequenceClassification
+
+        from ..models import load_tokenizer
+
+        rm_tok = load_tokenizer(r.rm_path)
+        rm = AutoModelForSequenceClassification.from_pretrained(r.rm_path, num_labels=1).to(device).eval()
+        rm.config.pad_token_id = rm_tok.pad_token_id
+
+    @torch.no_grad()
+    def rm_scores(texts: list[str]) -> list[float]:
+        rm_tok.padding_side = "right"
+        enc = rm_tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=1024).to(device)
+        return rm(**enc).logits.squeeze(-1).float().tolist()
+
+    hybrid = None
+    if r.source in ("heuristic", "hybrid"):
+        from ..rewards.hybrid import HybridReward
+
+        alpha, beta = (r.alpha, r.beta) if r.source == "hybrid" else (1.0, 0.0)
+        hybrid = HybridReward(alpha=alpha, beta=beta, normalize=r.normalize)
+
+    def score(examples: list[dict], completions: list[str]):
+        if r.source == "task":
+            parts = [task.reward(c, e) for c, e in zip(completions, examples)]
+            vals = [p["reward"] for p in parts]
+            return torch.tensor(vals), {"reward/format": sum(p["format_reward"] for p in parts) / len(parts)}
+        if r.source == "rm":
+            vals = rm_scores([e["prompt"] + c for e, c in zip(examples, completions)])
+            return torch.tensor(vals), {}
+        model_scores = rm_scores([e["prompt"] + c for e, c in zip(examples, completions)]) if rm is not None else None
+        out = hybrid(completions, model_scores)
+        comps = {f"reward/{k}": sum(o[k] for o in out) / len(out) for k in out[0] if isinstance(out[0][k], (int, float))}
+        return torch.tensor([o["reward"] for o in out]), comps
+
+    return score
+
+
+def forward(policy, value_head, mb, temperature, prec, device, entropy: bool):
+    with prec.autocast_ctx(device):
+        out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
+                                     temperature=temperature, return_token_entropy=entropy, return_hidden=True)
+        values = value_head(out["hidden"]).squeeze(-1).float()  # (B, T): value of the state before label t
+    return out, values
+
+
+def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
+    p, t, s = cfg.ppo, cfg.training, cfg.sampling
+    task = tasks.load(cfg.task, cfg.seed)
+    resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
+    run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
+    policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    models.disable_dropout(policy)
+    score = build_scorer(cfg, task, device)
+    hidden_size = policy.get_output_embeddings().weight.shape[1]
+    value_head = torch.nn.Linear(hidden_size, 1).to(device)
+    torch.nn.init.zeros_(value_head.weight)  # V = 0 at start: early advantages are the returns themselves
+    torch.nn.init.zeros_(value_head.bias)
+    reference = None
+    if p.kl_coef > 0 and not cfg.lora.enabled:
+        reference, *_ = models.load_policy(cfg.model, cfg.lora.model_copy(update={"enabled": False}), t.precision)
+        reference.eval().requires_grad_(False)
+    trainable = torch.nn.ModuleDict({"policy": policy, "value": value_head})
+    per_rollout = p.num_ppo_epochs * (p.rollout_size // p.minibatch_seqs)
+    opt, sched = optim.build(trainable, cfg.optim, t.total_steps * per_rollout)
+    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
+    start = checkpoint.restore(resume_from, opt, sched, scaler)
+    kl_coef = p.kl_coef
+    if resume_from is not None:
+        extra = checkpoint.load_state(resume_from)["extra"]
+        value_head.load_state_dict(extra["value_head"])
+        kl_coef = extra["kl_coef"]
+    run.truncate_after(start)
+    hooks = H.load(t.hooks, hooks)
+    ctx = H.Context(cfg, run, policy, tok, opt)
+    H.call(hooks, "on_start", ctx)
+    evaluate = lambda: tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples,  # noqa: E731
+                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop)
+    if start == 0:
+        metrics, rows = evaluate()
+        run.log(0, **metrics)
+        run.samples(0, rows)
+
+    with tracking.progress(t.total_steps, start, cfg.name) as bar:
+        for step in range(start, t.total_steps):
+            t0 = time.perf_counter()
+            examples = task.sample_train(p.rollout_size, step)
+            ro = rollout.generate(policy, tok, [e["prompt"] for e in examples], max_new_tokens=s.max_new_tokens, n=1,
+                                  temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
+                                  batch_size=s.batch_size, return_logprobs=True)
+            t1 = time.perf_counter()
+            scores, parts = score(examples, ro.completions)  # (B,)
+            t2 = time.perf_counter()
+            batch = {k: v.to(device) for k, v in ro.tensors(tok.pad_token_id).items()}
+            mask = batch["response_mask"]
+            with torch.no_grad():  # old log-probs and values, reference log-probs
+                out, old_values = forward(policy, value_head, batch, s.temperature, prec, device, entropy=False)
+                old_logps = out["log_probs"]
+                if p.kl_coef > 0:
+                    fwd = dict(attention_mask=batch["attention_mask"], temperature=s.temperature)
+                    if reference is None:
+                        with models.reference_mode(policy):
+                            ref_logps = get_response_log_probs(policy, batch["input_ids"], batch["labels"], **fwd)["log_probs"]
+                    else:
+                        ref_logps = get_response_log_probs(reference, batch["input_ids"], batch["labels"], **fwd)["log_probs"]
+                else:
+                    ref_logps = old_logps
+            kl_tok = losses.kl_estimate(old_logps, ref_logps, p.kl_estimator) * mask  # (B, T)
+            rewards_tok = -kl_coef * kl_tok
+            last = (mask.long().cumsum(-1) * mask).argmax(-1)  # index of the last response token
+            rewards_tok[torch.arange(len(last), device=device), last] += scores.to(device)
+            adv, returns = A.gae(rewards_tok, old_values, mask, p.gamma, p.lam)
+            if p.whiten_advantages:
+                adv = A.whiten(adv, mask)
+            agg = {"loss/policy": 0.0, "value/loss": 0.0, "entropy/mean": 0.0, "ppo/approx_kl": 0.0, "clip/frac": 0.0,
+                   "value/clip_frac": 0.0}
+            n_mb, epochs_run = 0, 0
+            for epoch in range(p.num_ppo_epochs):
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
+                perm = torch.randperm(p.rollout_size, generator=g).tolist()
+                epoch_kl = 0.0
+                for i in range(0, p.rollout_size, p.minibatch_seqs):
+                    idx = torch.tensor(perm[i : i + p.minibatch_seqs], device=device)
+                    mb = {k: v[idx] for k, v in batch.items()}
+                    m = mask[idx]
+                    n_tok = max(int(m.sum()), 1)
+                    out, values = forward(policy, value_head, mb, s.temperature, prec, device, entropy=True)
+                    pg, meta = losses.pg_clip_asymmetric(adv[idx], out["log_probs"], old_logps[idx], p.clip, p.clip)
+                    pg_loss = losses.masked_normalize(pg, m, normalize_constant=n_tok)
+                    vf_loss, vstats = losses.value_loss_clipped(values, old_values[idx], returns[idx], m, p.value_clip, n_tok)
+                    ent = losses.masked_normalize(out["token_entropy"], m, normalize_constant=n_tok)
+                    loss = pg_loss + p.vf_coef * vf_loss - p.entropy_coef * ent
+                    if not math.isfinite(loss.item()):
+                        raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; the update was not applied")
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    optim.step(trainable, opt, sched, cfg.optim.max_grad_norm, scaler)
+                    approx_kl = losses.masked_normalize(losses.kl_estimate(old_logps[idx], out["log_probs"].detach(), "k3"),
+                                                        m, normalize_constant=n_tok).item()
+                    epoch_kl += approx_kl
+                    n_mb += 1
+                    for k, v in (("loss/policy", pg_loss.item()), ("value/loss", vf_loss.item()), ("entropy/mean", ent.item()),
+                                 ("ppo/approx_kl", approx_kl), ("value/clip_frac", vstats["value/clip_frac"].item()),
+                                 ("clip/frac", losses.masked_normalize(meta["clipped"].float(), m, normalize_constant=n_tok).item())):
+                        agg[k] += v
+                epochs_run += 1
+                if p.early_stop_kl and epoch_kl / (p.rollout_size // p.minibatch_seqs) > p.early_stop_kl:
+                    break
+            kl_seq = kl_tok.sum(-1).mean().item()  # nats per sequence, under the rollout policy
+            if p.adaptive_kl:  # Ziegler et al.: proportional controller, error clipped to +-20%
+                err = max(-0.2, min(0.2, kl_seq / p.kl_target - 1))
+                kl_coef *= 1 + err * p.rollout_size / p.kl_horizon
+            t3 = time.perf_counter()
+            m_all = mask.bool()
+            var_r = returns[m_all].var()
+            done = step + 1
+            row = run.log(done, **{k: v / max(n_mb, 1) for k, v in agg.items()}, **parts, **{
+                "reward/score": scores.mean().item(), "reward/score_std": scores.std().item() if len(scores) > 1 else 0.0,
+                "returns/mean": returns[m_all].mean().item(), "adv/mean": adv[m_all].mean().item(),
+                "value/explained_variance": (1 - (returns[m_all] - old_values[m_all]).var() / var_r).item()
+                if var_r > 0 else 0.0,
+                "kl/ref": kl_seq, "kl/coef": kl_coef, "ppo/epochs_run": epochs_run,
+                "response/len_mean": mask.sum(-1).float().mean().item(), "lr": sched.get_last_lr()[0],
+                "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
+                "tokens/per_s": batch["attention_mask"].sum().item() * (1 + epochs_run) / (t3 - t0),
+                "mem/peak_gb": tracking.peak_memory_gb(device)})
+            bar.update(bar.task_ids[0], advance=1, loss=f"r={row['reward/score']:.3f}", tps=f"{row['tokens/per_s']:,.0f}")
+            H.call(hooks, "on_step_end", ctx, done, row)
+            if run.due(done, t.eval_every, t.total_steps):
+                metrics, rows = evaluate()
+                run.log(done, **metrics)
+                run.samples(done, rows)
+                H.call(hooks, "on_eval", ctx, done, metrics)
+                bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if run.due(done, t.save_every, t.total_steps):
+                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler,
+                                       extra={"value_head": value_head.state_dict(), "kl_coef": kl_coef})
+                H.call(hooks, "on_save", ctx, done, path)
+    return cfg.run_dir

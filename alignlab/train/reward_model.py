@@ -1,0 +1,118 @@
+"""Reward models trained on preference pairs with the Bradley-Terry loss.
+
+`rm.kind=lm`: an LM backbone with a scalar head (`AutoModelForSequenceClassification`, the score
+read at the last non-padding token), full or LoRA; saved as a normal HF folder that
+`transformers` loads without alignlab. `rm.kind=encoder`: the plan's small trainable component, a
+3-layer transformer encoder over the policy tokenizer's ids (`alignlab/rewards/encoder_rm.py`),
+for when a second LM is too expensive.
+
+Loss: -log sigmoid(r_c - r_r) (+ center_coef * (r_c + r_r)^2, arXiv:2312.09244), mean over the
+step's pairs. Metrics: loss, pairwise accuracy, margin; held-out pairwise accuracy at eval steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, data, hooks as H, losses, models, optim, tracking
+from ..config import RMConfig
+from .sft import TrainingDiverged, to_device
+
+
+def pair_scores(model, pairs, pad_id: int, device, prec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scalar rewards of chosen and rejected in one forward: ((B,), (B,))."""
+    items = [c for c, _ in pairs] + [r for _, r in pairs]
+    seqs = [e.ids for e in items]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):  # right padding: the head reads the last real token
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    b = to_device({"input_ids": ids, "attention_mask": mask}, device)
+    with prec.autocast_ctx(device):
+        scores = model(**b).logits.squeeze(-1).float()  # (2B,)
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+def main(cfg: RMConfig, hooks: list | None = None) -> Path:
+    t = cfg.training
+    if cfg.rm.kind == "encoder":
+        return train_encoder(cfg)
+    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    train = data.encode_pairs(data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train), tok, cfg.data)
+    held = (data.encode_pairs(data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval), tok, cfg.data)
+            if cfg.data.eval else [])
+    total_steps = t.total_steps or max(1, math.ceil(t.epochs * len(train) / t.global_batch_pairs))
+    resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
+    run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
+    model, tok, device, prec = models.load_reward_model(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    opt, sched = optim.build(model, cfg.optim, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
+    start = checkpoint.restore(resume_from, opt, sched, scaler)
+    run.truncate_after(start)
+    hooks = H.load(t.hooks, hooks)
+    ctx = H.Context(cfg, run, model, tok, opt)
+    H.call(hooks, "on_start", ctx)
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        right, margin = 0.0, 0.0
+        for i in range(0, len(held), t.micro_batch_pairs):
+            rc, rr = pair_scores(model, held[i : i + t.micro_batch_pairs], tok.pad_token_id, device, prec)
+            right += (rc > rr).sum().item()
+            margin += (rc - rr).sum().item()
+        model.train()
+        return {"eval/pairwise_accuracy": right / max(len(held), 1), "eval/margin": margin / max(len(held), 1)}
+
+    if start == 0 and held:
+        run.log(0, **evaluate())
+    sampler = data.StepSampler(len(train), t.global_batch_pairs, cfg.seed)
+    model.train()
+    with tracking.progress(total_steps, start, cfg.name) as bar:
+        for step in range(start, total_steps):
+            t0 = time.perf_counter()
+            idx_all = sampler.indices(step)
+            n_pairs = len(idx_all)
+            agg = {"loss/train": 0.0, "accuracy": 0.0, "margin": 0.0}
+            for i in range(0, n_pairs, t.micro_batch_pairs):
+                pairs = [train[j] for j in idx_all[i : i + t.micro_batch_pairs]]
+                rc, rr = pair_scores(model, pairs, tok.pad_token_id, device, prec)
+                loss, stats = losses.bradley_terry(rc, rr, cfg.rm.center_coef)
+                loss = loss * len(pairs) / n_pairs  # mean over the step's pairs, whatever the micro-batching
+                (scaler.scale(loss) if scaler else loss).backward()
+                agg["loss/train"] += loss.item()
+                agg["accuracy"] += stats["accuracy"].item() * len(pairs) / n_pairs
+                agg["margin"] += stats["margin"].item() * len(pairs) / n_pairs
+            if not math.isfinite(agg["loss/train"]):
+                raise TrainingDiverged(f"loss is {agg['loss/train']} at step {step + 1}; the update was not applied")
+            grad_norm = optim.step(model, opt, sched, cfg.optim.max_grad_norm, scaler)
+            done, dt = step + 1, time.perf_counter() - t0
+            row = run.log(done, **agg, **{"grad/norm": grad_norm, "lr": sched.get_last_lr()[0], "time/step": dt,
+                                          "mem/peak_gb": tracking.peak_memory_gb(device)})
+            bar.update(bar.task_ids[0], advance=1, loss=f"{agg['loss/train']:.4f}", tps=f"{2 * n_pairs / dt:,.0f}")
+            H.call(hooks, "on_step_end", ctx, done, row)
+            if held and run.due(done, t.eval_every, total_steps):
+                metrics = evaluate()
+                run.log(done, **metrics)
+                H.call(hooks, "on_eval", ctx, done, metrics)
+                bar.console.print(f"step {done}: held-out pairwise accuracy {metrics['eval/pairwise_accuracy']:.3f}")
+            if run.due(done, t.save_every, total_steps):
+                path = checkpoint.save(cfg.run_dir, done, model, tok, opt, sched, t.keep_last, scaler=scaler)
+                H.call(hooks, "on_save", ctx, done, path)
+    return cfg.run_dir
+
+
+def train_encoder(cfg: RMConfig) -> Path:
+    """The small encoder reward model: trained by `alignlab.rewards.encoder_rm.train_encoder_rm`."""
+    from ..rewards import encoder_rm
+
+    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    train = data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train)
+    held = data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval) if cfg.data.eval else []
+    run = tracking.start(cfg, cfg.run_dir, fresh=True)
+    return encoder_rm.train_for_run(cfg, tok, train, held, run)
