@@ -35,21 +35,32 @@ from ..logprobs import get_response_log_probs
 from .sft import TrainingDiverged
 
 
-def build_scorer(cfg: PPOConfig, task, device):
+def build_scorer(cfg: PPOConfig, task, device, tok):
     """-> score(examples, completions) -> (scores (B,), {component: mean}) for `reward.source`."""
     r = cfg.reward
-    rm = None
+    rm, encoder = None, None
     if r.rm_path:
-        from transformers import AutoModelForSequenceClassification
+        import json as _json
 
         from ..models import load_tokenizer
 
-        rm_tok = load_tokenizer(r.rm_path)
-        rm = AutoModelForSequenceClassification.from_pretrained(r.rm_path, num_labels=1).to(device).eval()
-        rm.config.pad_token_id = rm_tok.pad_token_id
+        kind = _json.loads((Path(r.rm_path) / "config.json").read_text()).get("model_type")
+        from ..rewards import encoder_rm
+
+        if kind == encoder_rm.MODEL_TYPE:  # the small encoder RM, scored with the policy's tokenizer
+            encoder = encoder_rm.EncoderRewardModel.load(r.rm_path, device)
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            rm_tok = load_tokenizer(r.rm_path)
+            rm = AutoModelForSequenceClassification.from_pretrained(r.rm_path, num_labels=1).to(device).eval()
+            rm.config.pad_token_id = rm_tok.pad_token_id
 
     @torch.no_grad()
-    def rm_scores(texts: list[str]) -> list[float]:
+    def rm_scores(examples: list[dict], completions: list[str]) -> list[float]:
+        if encoder is not None:
+            return encoder.score(tok, [e["prompt"] for e in examples], completions).tolist()
+        texts = [e["prompt"] + c for e, c in zip(examples, completions)]
         rm_tok.padding_side = "right"
         enc = rm_tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=1024).to(device)
         return rm(**enc).logits.squeeze(-1).float().tolist()
@@ -67,9 +78,9 @@ def build_scorer(cfg: PPOConfig, task, device):
             vals = [p["reward"] for p in parts]
             return torch.tensor(vals), {"reward/format": sum(p["format_reward"] for p in parts) / len(parts)}
         if r.source == "rm":
-            vals = rm_scores([e["prompt"] + c for e, c in zip(examples, completions)])
+            vals = rm_scores(examples, completions)
             return torch.tensor(vals), {}
-        model_scores = rm_scores([e["prompt"] + c for e, c in zip(examples, completions)]) if rm is not None else None
+        model_scores = rm_scores(examples, completions) if r.rm_path else None
         out = hybrid(completions, model_scores)
         comps = {f"reward/{k}": sum(o[k] for o in out) / len(out) for k in out[0] if isinstance(out[0][k], (int, float))}
         return torch.tensor([o["reward"] for o in out]), comps
@@ -92,7 +103,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
-    score = build_scorer(cfg, task, device)
+    score = build_scorer(cfg, task, device, tok)
     hidden_size = policy.get_output_embeddings().weight.shape[1]
     value_head = torch.nn.Linear(hidden_size, 1).to(device)
     torch.nn.init.zeros_(value_head.weight)  # V = 0 at start: early advantages are the returns themselves

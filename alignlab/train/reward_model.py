@@ -108,11 +108,26 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
 
 
 def train_encoder(cfg: RMConfig) -> Path:
-    """The small encoder reward model: trained by `alignlab.rewards.encoder_rm.train_encoder_rm`."""
+    """The small encoder reward model (`alignlab/rewards/encoder_rm.py`), trained with the same
+    Bradley-Terry loss on the same pairs; saved to `<run>/encoder_rm/` (config.json + safetensors),
+    which `reward.rm_path` accepts in PPO. Epochs: training.epochs, or total_steps worth of batches."""
     from ..rewards import encoder_rm
 
+    t = cfg.training
     tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
     train = data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train)
-    held = data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval) if cfg.data.eval else []
+    held = data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval) if cfg.data.eval else None
     run = tracking.start(cfg, cfg.run_dir, fresh=True)
-    return encoder_rm.train_for_run(cfg, tok, train, held, run)
+    epochs = math.ceil(t.epochs) if t.epochs else max(1, math.ceil(t.total_steps * t.global_batch_pairs / len(train)))
+    t0 = time.perf_counter()
+    model, metrics = encoder_rm.train_encoder_rm(
+        train, tok, eval_pairs=held, eval_fraction=0.2 if held is None else 0.0, epochs=epochs, lr=cfg.optim.lr,
+        batch_size=t.global_batch_pairs, weight_decay=cfg.optim.weight_decay, center_coef=cfg.rm.center_coef,
+        seed=cfg.seed, d_model=cfg.rm.encoder_d_model, n_heads=cfg.rm.encoder_heads, n_layers=cfg.rm.encoder_layers,
+        max_len=cfg.data.max_seq_len)
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    run.log(epochs, **flat, **{"time/total": time.perf_counter() - t0})
+    out = model.save(cfg.run_dir / "encoder_rm")
+    tracking.console.print(f"encoder reward model: {out}; " + ", ".join(f"{k} {v:.3f}" for k, v in flat.items()
+                                                                         if "accuracy" in k))
+    return cfg.run_dir
