@@ -54,6 +54,57 @@ def _chunk_logps(head, transform, h: torch.Tensor, labels: torch.Tensor, want_en
     return logp, (_entropy(logsm) if want_entropy else None)
 
 
+class _FusedHeadLogProbs(torch.autograd.Function):
+    """log_softmax(h W^T / T)[y] per token, chunk by chunk, with a hand-written backward.
+
+    Forward keeps only h, W and y. Backward recomputes one chunk's logits at a time and forms the
+    softmax gradient in place, g (onehot(y) - p) / T. So nothing vocabulary-sized outlives a chunk, and
+    autograd's gather and log-softmax buffers never exist. Entropy, when asked, is returned without
+    gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, labels, inv_temp: float, chunk: int, want_entropy: bool):
+        logps, ents = [], []
+        with torch.no_grad():
+            for s in range(0, h.shape[0], chunk):
+                logsm = torch.log_softmax((h[s : s + chunk] @ weight.T).float() * inv_temp, dim=-1)
+                logps.append(logsm.gather(-1, labels[s : s + chunk, None]).squeeze(-1))
+                if want_entropy:
+                    ents.append(_entropy(logsm))
+        ctx.save_for_backward(h, weight, labels)
+        ctx.inv_temp, ctx.chunk = inv_temp, chunk
+        ent = torch.cat(ents) if want_entropy else h.new_zeros(0)
+        ctx.mark_non_differentiable(ent)
+        return torch.cat(logps), ent
+
+    @staticmethod
+    def backward(ctx, g, _g_ent):
+        h, weight, labels = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        dh = torch.empty_like(h) if need_h else None
+        dw = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        for s in range(0, h.shape[0], ctx.chunk):
+            hc, gc = h[s : s + ctx.chunk], g[s : s + ctx.chunk].float()
+            p = torch.softmax((hc @ weight.T).float() * ctx.inv_temp, dim=-1)  # (n, V)
+            p.mul_(-gc[:, None])
+            p[torch.arange(len(gc), device=p.device), labels[s : s + ctx.chunk]] += gc
+            gz = (p * ctx.inv_temp).to(h.dtype)  # d loss / d logits
+            if need_h:
+                dh[s : s + ctx.chunk] = gz @ weight
+            if need_w:
+                dw.addmm_(gz.T.float(), hc.float())
+        return dh, (dw.to(weight.dtype) if need_w else None), None, None, None, None
+
+
+def _fusable(head, config) -> bool:
+    """The fused path covers the common case: a plain bias-free Linear head (not LoRA-wrapped), no
+    softcapping or logit scaling. Anything else takes the checkpointed generic path."""
+    return (type(head) is torch.nn.Linear and head.bias is None
+            and not getattr(config, "final_logit_softcapping", None) and not getattr(config, "logit_scale", None)
+            and not getattr(config, "logits_scaling", None))
+
+
 def _decoder_and_head(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder(), base.get_output_embeddings(), base.config
@@ -69,12 +120,15 @@ def get_response_log_probs(
     chunk_tokens: int | None = None,
     temperature: float = 1.0,
     return_hidden: bool = False,
+    entropy_grad: bool = True,
 ) -> dict[str, torch.Tensor]:
     """log p(labels[b, t] | input_ids[b, :t+1]) for every position: {"log_probs": (B, T)[, "token_entropy": (B, T)]}.
 
     input_ids, labels: (B, T) already shifted (labels[t] is the token after input_ids[t]).
     The LM head runs over `chunk_tokens` positions at a time (default: ~256 MiB of fp32 logits); values equal the naive
-    `log_softmax(model(input_ids).logits.float())` gather to fp32 rounding.
+    `log_softmax(model(input_ids).logits.float())` gather to fp32 rounding. With gradients, a plain
+    Linear head uses a fused backward (`_FusedHeadLogProbs`); other heads are checkpointed per chunk.
+    `entropy_grad=False` returns the entropy detached (logging only), which keeps the fused path.
     """
     decoder, head, config = _decoder_and_head(model)
     if position_ids is None and attention_mask is not None:
@@ -86,6 +140,16 @@ def get_response_log_probs(
     flat_h, flat_y = hidden.reshape(B * T, H), labels.reshape(B * T)
     transform = _final_logit_transform(config, temperature)
     chunk_tokens = chunk_tokens or default_chunk_tokens(head.weight.shape[0])
+    grad = torch.is_grad_enabled() and (flat_h.requires_grad or head.weight.requires_grad)
+    if grad and _fusable(head, config) and not (return_token_entropy and entropy_grad):
+        lp, ent = _FusedHeadLogProbs.apply(flat_h, head.weight, flat_y, 1.0 / temperature, chunk_tokens,
+                                           return_token_entropy)
+        result = {"log_probs": lp.view(B, T)}
+        if return_token_entropy:
+            result["token_entropy"] = ent.view(B, T)
+        if return_hidden:
+            result["hidden"] = hidden
+        return result
     logps, ents = [], []
     for s in range(0, B * T, chunk_tokens):
         args = (head, transform, flat_h[s : s + chunk_tokens], flat_y[s : s + chunk_tokens], return_token_entropy)

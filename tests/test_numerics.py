@@ -122,3 +122,46 @@ def test_logit_softcapping_is_applied(tiny_dirs):
     ours = get_response_log_probs(model, b["input_ids"], b["labels"])["log_probs"]
     ref = naive_response_log_probs(model, b["input_ids"], b["labels"])
     torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_fused_head_backward_equals_autograd(tiny_dirs, arch, lora):
+    """The fused log-prob path (plain Linear head, entropy detached): values, detached entropy and
+    every parameter's gradient equal the naive full-logits computation, tied embeddings included."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.logprobs import _FusedHeadLogProbs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch])
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+    tok = AutoTokenizer.from_pretrained(tiny_dirs[arch])
+    b = tokenize_prompt_and_output(["12+3=", "7-9=", "think"], ["15<|im_end|>", "-2<|im_end|>", " hard"], tok)
+    calls = []
+    real = _FusedHeadLogProbs.apply
+    _FusedHeadLogProbs.apply = lambda *a: calls.append(1) or real(*a)
+    try:
+        res = get_response_log_probs(model, b["input_ids"], b["labels"], chunk_tokens=4, temperature=0.7,
+                                     return_token_entropy=True, entropy_grad=False)
+    finally:
+        _FusedHeadLogProbs.apply = real
+    assert calls, "the fused path was not taken"
+    (res["log_probs"] * b["response_mask"]).sum().backward()
+    g_fused = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    logits = model(b["input_ids"]).logits.float() / 0.7
+    ref = torch.log_softmax(logits, -1).gather(-1, b["labels"][..., None]).squeeze(-1)
+    torch.testing.assert_close(res["log_probs"], ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(res["token_entropy"], compute_entropy(logits), atol=1e-5, rtol=0)
+    assert not res["token_entropy"].requires_grad
+    (ref * b["response_mask"]).sum().backward()
+    g_ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert g_fused.keys() == g_ref.keys() and g_fused
+    for n in g_ref:
+        torch.testing.assert_close(g_fused[n], g_ref[n], atol=2e-5, rtol=1e-4)

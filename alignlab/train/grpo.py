@@ -157,7 +157,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                     m = mb["response_mask"]
                     with prec.autocast_ctx(device):
                         out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
-                                                     temperature=cfg.sampling.temperature, return_token_entropy=True)
+                                                     temperature=cfg.sampling.temperature, return_token_entropy=True,
+                                                     entropy_grad=rl.entropy_coef > 0)
                     logps = out["log_probs"]
                     if "old_logps" not in mb:
                         mb["old_logps"] = logps.detach()

@@ -88,10 +88,11 @@ def build_scorer(cfg: PPOConfig, task, device, tok):
     return score
 
 
-def forward(policy, value_head, mb, temperature, prec, device, entropy: bool):
+def forward(policy, value_head, mb, temperature, prec, device, entropy: bool, entropy_grad: bool = True):
     with prec.autocast_ctx(device):
         out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
-                                     temperature=temperature, return_token_entropy=entropy, return_hidden=True)
+                                     temperature=temperature, return_token_entropy=entropy, return_hidden=True,
+                                     entropy_grad=entropy_grad)
         values = value_head(out["hidden"]).squeeze(-1).float()  # (B, T): value of the state before label t
     return out, values
 
@@ -176,7 +177,8 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                     mb = {k: v[idx] for k, v in batch.items()}
                     m = mask[idx]
                     n_tok = max(int(m.sum()), 1)
-                    out, values = forward(policy, value_head, mb, s.temperature, prec, device, entropy=True)
+                    out, values = forward(policy, value_head, mb, s.temperature, prec, device, entropy=True,
+                                          entropy_grad=p.entropy_coef > 0)
                     pg, meta = losses.pg_clip_asymmetric(adv[idx], out["log_probs"], old_logps[idx], p.clip, p.clip)
                     pg_loss = losses.masked_normalize(pg, m, normalize_constant=n_tok)
                     vf_loss, vstats = losses.value_loss_clipped(values, old_values[idx], returns[idx], m, p.value_clip, n_tok)
