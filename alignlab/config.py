@@ -54,6 +54,20 @@ class LoRAConfig(Strict):
     qlora: bool = Field(False, description="Load the base in 4-bit NF4 (bitsandbytes, CUDA only).")
 
 
+class RunBase(Strict):
+    """Fields every run config has: the run directory is out_dir/name."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
 class OptimConfig(Strict):
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(0.01, ge=0)
@@ -133,20 +147,12 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, gt=0)
 
 
-class SFTConfig(Strict):
+class SFTConfig(RunBase):
     name: str = "sft"
-    out_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(total_steps=100))
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,22 +239,14 @@ class RLEvalConfig(Strict):
     batch_size: int = Field(64, gt=0)
 
 
-class GRPOConfig(Strict):
+class GRPOConfig(RunBase):
     name: str = "grpo"
-    out_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 class EIRoundConfig(Strict):
@@ -269,22 +267,14 @@ class EIRoundConfig(Strict):
         return self
 
 
-class EIConfig(Strict):
+class EIConfig(RunBase):
     name: str = "ei"
-    out_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ei: EIRoundConfig = Field(default_factory=EIRoundConfig)
     training: RunConfig = Field(default_factory=RunConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,20 +328,12 @@ class DPOSection(Strict):
         return self
 
 
-class DPOConfig(Strict):
+class DPOConfig(RunBase):
     name: str = "dpo"
-    out_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6))
     data: PrefDataConfig = Field(default_factory=PrefDataConfig)
     dpo: DPOSection = Field(default_factory=DPOSection)
     training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
     @model_validator(mode="after")
     def _reference(self) -> "DPOConfig":
@@ -370,20 +352,12 @@ class RMSection(Strict):
     encoder_heads: int = Field(4, gt=0)
 
 
-class RMConfig(Strict):
+class RMConfig(RunBase):
     name: str = "rm"
-    out_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=2e-5))
     data: PrefDataConfig = Field(default_factory=PrefDataConfig)
     rm: RMSection = Field(default_factory=RMSection)
     training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,12 +406,8 @@ class PPOSection(Strict):
         return self
 
 
-class PPOConfig(Strict):
+class PPOConfig(RunBase):
     name: str = "ppo"
-    out_dir: str = "runs"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoRAConfig = Field(default_factory=LoRAConfig)
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     reward: RewardSection = Field(default_factory=RewardSection)
@@ -445,10 +415,6 @@ class PPOConfig(Strict):
     ppo: PPOSection = Field(default_factory=PPOSection)
     training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 # ----------------------------------------------------------------------------------------------
