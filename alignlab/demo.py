@@ -151,15 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     con.rule("[bold]5. paired comparison of the stages")
     compare.main([*map(str, runs.values()), "--task", "arithmetic", "--out", str(out / "compare"),
                   "--labels", ",".join(runs), "--resamples", "2000", "--metrics", "accuracy"])
-    report = out / "compare" / "report.md"
-    if report.exists():
-        lines = report.read_text().splitlines()
-        start = lines.index("## Verdicts") + 1 if "## Verdicts" in lines else len(lines)
-        for line in lines[start:]:
-            if line.startswith("## "):
-                break
-            if line.strip():
-                con.print(line.lstrip("- "), highlight=False)
     png = plot_stages(runs, out / "stages.png")
     con.print(f"\nplot: {png}\nreport: {out / 'compare' / 'report.md'} (and report.html)\n"
               f"run directories: {', '.join(str(p) for p in runs.values())}")

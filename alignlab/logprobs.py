@@ -94,6 +94,7 @@ class _FusedHeadLogProbs(torch.autograd.Function):
                 dh[s : s + ctx.chunk] = gz @ weight
             if need_w:
                 dw.addmm_(gz.T.float(), hc.float())
+            del p, gz  # or the next chunk's logits are built while these two still live (4 chunks, not 2)
         return dh, (dw.to(weight.dtype) if need_w else None), None, None, None, None
 
 

@@ -344,12 +344,23 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
         # recomputed chunk: log-softmax (saved) + grad of the gather + grad of the logits (fp32);
         # then the head matmul: grad logits (head dtype) + a new head-weight gradient, added to the
         # one accumulated over the earlier chunks
-        acc = head_grad if N > c else 0
-        # each chunk's head-weight gradient is summed out of place into the running sum: old + new + sum
-        bwd_head = N * H * a_c + head_wcopy + max(acc + 3 * cV4, acc + c * V * a_l + head_grad + c * H * a_c,
-                                                  3 * head_grad if N > c else 0)
-        bwd_head_detail = (f"grad of the final hidden states + max(3 x {c} x vocab x 4 B [log-softmax, its grad, grad logits], "
-                           "3 x head-weight grad [running sum + new + their sum]) + accumulated head grad")
+        fused = "lm_head" not in targets and not getattr(arch, "final_logit_softcapping", None)
+        if fused:
+            # alignlab's fused head backward (logprobs._FusedHeadLogProbs): grad of the hidden states and an
+            # fp32 head-weight accumulator live throughout; per chunk, the recomputed softmax and the grad of
+            # the logits (fp32); the accumulator is cast to the weight dtype once at the end
+            acc32 = V * H * 4 if head_trains else 0
+            cast = V * H * g_bytes if (head_trains and g_bytes != 4) else 0
+            bwd_head = N * H * a_c + head_wcopy + acc32 + max(2 * cV4 + c * H * a_c, cast)
+            bwd_head_detail = (f"grad of the final hidden states + fp32 head-weight accumulator + "
+                               f"2 x {c} x vocab x 4 B [recomputed softmax, grad logits] (fused backward)")
+        else:
+            acc = head_grad if N > c else 0
+            # each chunk's head-weight gradient is summed out of place into the running sum: old + new + sum
+            bwd_head = N * H * a_c + head_wcopy + max(acc + 3 * cV4, acc + c * V * a_l + head_grad + c * H * a_c,
+                                                      3 * head_grad if N > c else 0)
+            bwd_head_detail = (f"grad of the final hidden states + max(3 x {c} x vocab x 4 B [log-softmax, its grad, "
+                               "grad logits], 3 x head-weight grad [running sum + new + their sum]) + accumulated head grad")
     term("bwd_head", "backward: loss/LM-head gradient buffers", bwd_head, bwd_head_detail, "transient")
     # MLP backward (first in a layer): grad of the product, then grads of act and up, while gate/up/act
     # are still saved and the product is already freed: +2 x N x intermediate; plus the residual grad
