@@ -27,8 +27,8 @@ N_EVAL = 400
 STAGES = {
     "sft": ["training.total_steps=800", "data.arithmetic.n_train=1000", "training.eval_every=200",
             "training.save_every=0"],
-    "ei": ["optim.lr=2e-4", "ei.n_ei_steps=3"],
-    "grpo": ["optim.lr=5e-5", "training.total_steps=200", "training.eval_every=50", "training.save_every=0"],
+    "ei": ["optim.lr=1e-4", "ei.n_ei_steps=4", "ei.questions_per_round=1024", "ei.sft_epochs=2"],
+    "grpo": ["optim.lr=5e-5", "training.total_steps=300", "training.eval_every=50", "training.save_every=0"],
 }
 FAST = {  # --fast: seconds, for the test suite; the numbers mean nothing
     "sft": ["training.total_steps=6", "training.eval_every=3", "data.arithmetic.n_train=64"],
