@@ -1,13 +1,12 @@
 """Atomic checkpoints and exact resume.
 
 `checkpoints/step_N/` holds an ordinary HF model (or adapter) folder plus `trainer_state.pt`
-(optimizer, scheduler, RNG states, step). It is written into `checkpoints/.tmp-step_N-<pid>/` and
-renamed into place, so a process killed at any moment leaves either the previous checkpoints or the
+(optimizer, scheduler, RNG states, step). It is written into `checkpoints/.tmp-step_N-XXXX/` and
+renamed into place (`atomic.atomic_dir`), so a process killed at any moment leaves either the previous checkpoints or the
 new complete one; half-written temporaries are removed on the next start.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_dir
 from .models import save_model
 
 STATE_FILE = "trainer_state.pt"
@@ -39,36 +39,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            with open(os.path.join(dirpath, f), "rb") as fh:
-                os.fsync(fh.fileno())
-
-
 def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra: dict | None = None,
          scaler=None) -> Path:
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
-    tmp = root / f".tmp-step_{step}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, tokenizer, tmp)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": rng_state(), "extra": extra or {}}
-    if scaler is not None:
-        state["scaler"] = scaler.state_dict()
-    torch.save(state, tmp / STATE_FILE)
-    _fsync_tree(tmp)
-    if final.exists():  # re-saving the same step (e.g. after a resume): replace atomically
-        old = root / f".old-step_{step}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    with atomic_dir(final) as tmp:
+        save_model(model, tokenizer, tmp)
+        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(), "extra": extra or {}}
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
+        torch.save(state, tmp / STATE_FILE)
     prune(root, keep_last)
     return final
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 ARCHS = ("gemma3_text", "qwen2", "qwen3", "llama")
@@ -157,6 +155,8 @@ def make_tiny(arch: str, out_dir: str | os.PathLike, *, seed: int = 0, **overrid
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
+    from .atomic import atomic_dir
+
     out = Path(out_dir)
     vocab = overrides.get("vocab_size", DEFAULT_SIZE["vocab_size"])
     tok = build_tokenizer(min(vocab, 512) if vocab >= 300 else vocab)
@@ -171,18 +171,10 @@ def make_tiny(arch: str, out_dir: str | os.PathLike, *, seed: int = 0, **overrid
         pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id, bos_token_id=cfg.bos_token_id,
         do_sample=False,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "alignlab_tiny.json").write_text(json.dumps({"arch": arch, "seed": seed, **overrides}, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -141,7 +141,7 @@ def test_make_tiny_cli(tmp_path):
 
     m = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
     assert m.config.hidden_size == 64 and m.config.num_hidden_layers == 2
-    assert not list(tmp_path.glob(".m.tmp-*"))  # the temporary folder was renamed into place
+    assert not list(tmp_path.glob(".tmp-m-*"))  # the temporary folder was renamed into place
 
 
 def test_demo_end_to_end_fast(tmp_path, capsys):

@@ -147,15 +147,15 @@ def test_lora_resume_is_exact_too(tmp_path, qwen_dir):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import alignlab.checkpoint as ck
+    import alignlab.atomic as atomic
     from alignlab.config import SFTConfig, load_config
     from alignlab.train import sft
-    real = ck._fsync_tree
+    real = atomic.fsync_tree
     def dying_fsync(root):
         real(root)
         if "step_4" in str(root):          # the temporary folder is fully written, not yet renamed
             os.kill(os.getpid(), signal.SIGKILL)
-    ck._fsync_tree = dying_fsync
+    atomic.fsync_tree = dying_fsync
     sft.main(load_config(SFTConfig, "sft_tiny", sys.argv[1:]))
 """)
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,18 +116,12 @@ class EncoderRewardModel(nn.Module):
         Written to a temporary folder next to out_dir, then renamed into place."""
         from safetensors.torch import save_file
 
+        from alignlab.atomic import atomic_dir
+
         out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             (tmp / CONFIG_NAME).write_text(json.dumps({"model_type": MODEL_TYPE, **asdict(self.config)}, indent=1))
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp / WEIGHTS_NAME))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return out
 
     @classmethod
