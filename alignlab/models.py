@@ -268,6 +268,13 @@ def reference_mode(model):
         yield model
 
 
+def load_frozen_reference(model_cfg: ModelConfig, precision: str = "auto"):
+    """The reference for full fine-tuning: a second copy of the starting model, eval mode, no grads.
+    (A LoRA policy needs none: `reference_mode` disables its adapters.)"""
+    ref, *_ = load_policy(model_cfg, LoRAConfig(enabled=False), precision)
+    return ref.eval().requires_grad_(False)
+
+
 def save_model(model, tokenizer, out_dir: str | os.PathLike) -> None:
     """A normal HF folder: adapter_config.json + adapter weights for LoRA, full weights otherwise."""
     model.save_pretrained(out_dir)

@@ -97,8 +97,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     mode = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
     ref_model = None
     if d.loss != "simpo" and mode == "copy":
-        ref_model, *_ = models.load_policy(cfg.model, cfg.lora.model_copy(update={"enabled": False}), t.precision)
-        ref_model.eval().requires_grad_(False)
+        ref_model = models.load_frozen_reference(cfg.model, t.precision)
     cache = {}
     if d.loss != "simpo" and mode == "precomputed":
         path = cfg.run_dir / "reference_logps.pt"

@@ -104,8 +104,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     models.disable_dropout(policy)
     reference = None
     if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled
-        reference, *_ = models.load_policy(cfg.model, cfg.lora.model_copy(update={"enabled": False}), t.precision)
-        reference.eval().requires_grad_(False)
+        reference = models.load_frozen_reference(cfg.model, t.precision)
     n_updates = t.total_steps * rl.epochs_per_rollout_batch
     opt, sched = optim.build(policy, cfg.optim, n_updates)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None

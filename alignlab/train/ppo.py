@@ -111,8 +111,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     torch.nn.init.zeros_(value_head.bias)
     reference = None
     if p.kl_coef > 0 and not cfg.lora.enabled:
-        reference, *_ = models.load_policy(cfg.model, cfg.lora.model_copy(update={"enabled": False}), t.precision)
-        reference.eval().requires_grad_(False)
+        reference = models.load_frozen_reference(cfg.model, t.precision)
     trainable = torch.nn.ModuleDict({"policy": policy, "value": value_head})
     per_rollout = p.num_ppo_epochs * (p.rollout_size // p.minibatch_seqs)
     opt, sched = optim.build(trainable, cfg.optim, t.total_steps * per_rollout)
