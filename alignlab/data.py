@@ -47,17 +47,23 @@ def tokenize_prompt_and_output(prompt_strs: list[str], output_strs: list[str], t
         pi, oi = _prompt_ids(tokenizer, p), _output_ids(tokenizer, o)
         seqs.append(pi + oi)
         masks.append([False] * len(pi) + [True] * len(oi))
-    return _pad_and_shift(seqs, masks, tokenizer.pad_token_id)
+    out = _pad_and_shift(seqs, masks, tokenizer.pad_token_id)
+    del out["attention_mask"]  # the plan's contract: exactly input_ids, labels, response_mask
+    return out
 
 
 def _pad_and_shift(seqs: list[list[int]], masks: list[list[bool]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad, then shift: input_ids = seq[:, :-1], labels = seq[:, 1:], response_mask on label
+    positions, attention_mask on the real (unpadded) input positions. All (B, max_len - 1)."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for i, (s, m) in enumerate(zip(seqs, masks)):
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, : len(m)] = torch.tensor(m, dtype=torch.bool)
-    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "response_mask": mask[:, 1:]}
+    lengths = torch.tensor([len(s) - 1 for s in seqs])
+    attention = (torch.arange(width - 1)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "response_mask": mask[:, 1:], "attention_mask": attention}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,10 +201,7 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded (input_ids, labels, response_mask, attention_mask), each (B, T)."""
     seqs = [e.ids for e in items]
     masks = [[False] * e.n_prompt + [True] * e.n_response for e in items]
-    batch = _pad_and_shift(seqs, masks, pad_id)
-    lengths = torch.tensor([len(s) - 1 for s in seqs])
-    batch["attention_mask"] = (torch.arange(batch["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
-    return batch
+    return _pad_and_shift(seqs, masks, pad_id)
 
 
 def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:

@@ -33,8 +33,6 @@ class Rollout:
         seqs = [p + c for p, c in zip(self.prompt_ids, self.completion_ids)]
         masks = [[False] * len(p) + [True] * len(c) for p, c in zip(self.prompt_ids, self.completion_ids)]
         out = _pad_and_shift(seqs, masks, pad_id)
-        lengths = torch.tensor([len(s) - 1 for s in seqs])
-        out["attention_mask"] = (torch.arange(out["input_ids"].shape[1])[None, :] < lengths[:, None]).long()
         if self.sampling_logps is not None:
             lp = torch.zeros(out["labels"].shape, dtype=torch.float32)
             for i, (p, vals) in enumerate(zip(self.prompt_ids, self.sampling_logps)):
