@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from _common import require_trl, run_child, sft_start
 
 OURS = r"""
 import json, sys, time, resource, torch
@@ -72,14 +71,6 @@ print(json.dumps({"step_s": sum(timer.steps[1:]) / max(1, len(timer.steps) - 1),
 """
 
 
-def run(code: str, spec: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-4000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
@@ -89,21 +80,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        raise SystemExit("TRL is not installed: pip install -e '.[bench]'")
+    require_trl()
     from rich.console import Console
     from rich.table import Table
 
     from alignlab.rewards.builtin_prefs import arithmetic_pairs
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dpo-bench-"))
-    start = work / f"sft/checkpoints/step_{args.sft_steps}"
-    if not start.exists():
-        subprocess.run([sys.executable, "-m", "alignlab.cli", "sft", "-c", "sft_tiny", f"out_dir={work}", "name=sft",
-                        f"training.total_steps={args.sft_steps}", "training.eval_every=0", "training.save_every=0",
-                        f"model.device={args.device}"], check=True, capture_output=True)
+    start = sft_start(work, args.sft_steps, args.device)
     data = work / "pairs.jsonl"  # the same pairs in the same order for both (no shuffling: one epoch is enough)
     pairs = arithmetic_pairs(args.steps * args.pairs, seed=0, split="train")
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
@@ -111,9 +95,9 @@ def main() -> None:
         shutil.rmtree(work / d, ignore_errors=True)
     spec = dict(model=str(start), out=str(work), steps=args.steps, pairs=args.pairs, lr=args.lr, device=args.device,
                 data=str(data), precompute=False)
-    ours = run(OURS, spec)
-    theirs = run(THEIRS, spec)
-    theirs_pre = run(THEIRS, {**spec, "precompute": True})
+    ours = run_child(OURS, spec)
+    theirs = run_child(THEIRS, spec)
+    theirs_pre = run_child(THEIRS, {**spec, "precompute": True})
     t = Table(title=f"sigmoid DPO, tiny Qwen2, {args.pairs} pairs/step, {args.steps} steps, {args.device}")
     for c in ("", "step time (s)", "peak memory (GiB)", "loss at step 1", "loss at last step"):
         t.add_column(c, justify="right")

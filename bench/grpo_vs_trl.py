@@ -13,12 +13,10 @@ CPU (max_memory_allocated on CUDA). Step time excludes the first (warm-up) step.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from _common import require_trl, run_child, sft_start
 
 OURS = r"""
 import json, sys, time, resource, torch
@@ -77,14 +75,6 @@ print(json.dumps({"step_s": sum(timer.steps[1:]) / max(1, len(timer.steps) - 1),
 """
 
 
-def run(code: str, spec: dict) -> dict:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-4000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
@@ -95,26 +85,19 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default=None, help="folder for the SFT start point and outputs (default: a temp dir)")
     args = ap.parse_args()
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        raise SystemExit("TRL is not installed: pip install -e '.[bench]'")
+    require_trl()
     from rich.console import Console
     from rich.table import Table
 
     work = Path(args.work or tempfile.mkdtemp(prefix="grpo-bench-"))
-    start = work / f"sft/checkpoints/step_{args.sft_steps}"
-    if not start.exists():
-        subprocess.run([sys.executable, "-m", "alignlab.cli", "sft", "-c", "sft_tiny", f"out_dir={work}", "name=sft",
-                        f"training.total_steps={args.sft_steps}", "training.eval_every=0", "training.save_every=0",
-                        f"model.device={args.device}"], check=True, capture_output=True)
+    start = sft_start(work, args.sft_steps, args.device)
     spec = dict(model=str(start), out=str(work), steps=args.steps, prompts=args.prompts, group=args.group, lr=args.lr,
                 device=args.device)
     import shutil
 
     shutil.rmtree(work / "ours", ignore_errors=True)  # the benchmark owns these folders
     shutil.rmtree(work / "trl", ignore_errors=True)
-    ours, theirs = run(OURS, spec), run(THEIRS, spec)
+    ours, theirs = run_child(OURS, spec), run_child(THEIRS, spec)
     last = lambda r: sum(r[-5:]) / len(r[-5:])  # noqa: E731
     t = Table(title=f"GRPO, tiny Qwen2, {args.prompts} prompts x {args.group} samples, {args.steps} steps, {args.device}")
     for c in ("", "step time (s)", "peak memory (GiB)", "mean reward, last 5 steps", "total (s)"):
