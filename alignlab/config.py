@@ -169,20 +169,25 @@ class TaskConfig(Strict):
     arithmetic: ArithmeticConfig = Field(default_factory=ArithmeticConfig)
 
 
+class VLLMConfig(Strict):
+    """The vLLM engine of `sampling.backend=vllm`: one engine on the training GPU (colocated)."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, lt=1, description=(
+        "share of GPU memory vLLM takes for its weights and KV cache; the rest is left to training"))
+    max_model_len: int | None = Field(None, gt=0, description="longest prompt + completion; default: the model's")
+    enforce_eager: bool = Field(False, description="no CUDA graphs: slower decoding, faster start, less memory")
+    sleep: bool = Field(False, description=(
+        "free vLLM's GPU memory while training (sleep level 2) and wake it for each rollout"))
+
+
 class SamplingConfig(Strict):
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate (anywhere); vllm: CUDA only")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(16, gt=0)
     stop: list[str] = Field(default_factory=list, description="stop strings, kept in the output (e.g. '</answer>')")
-    batch_size: int = Field(64, gt=0, description="prompts per generate() call")
-
-    @model_validator(mode="after")
-    def _backend(self) -> "SamplingConfig":
-        if self.backend == "vllm":
-            raise ValueError("sampling.backend=vllm is not implemented in this release (no GPU to test it on); "
-                             "use sampling.backend=hf")
-        return self
+    batch_size: int = Field(64, gt=0, description="prompts per generate() call (hf backend)")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
 class RLConfig(Strict):
@@ -202,6 +207,9 @@ class RLConfig(Strict):
     kl_coef: float = Field(0.0, ge=0, description="KL(policy || reference) penalty in the loss; 0 disables")
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     entropy_coef: float = Field(0.0, ge=0)
+    tis_cap: float = Field(0.0, ge=0, description=(
+        "truncated importance sampling: weight each token's loss by min(p_train / p_sampler, tis_cap), "
+        "correcting for a sampler that differs from the trainer (vLLM, half precision); 0 disables"))
     dynamic_sampling: bool = Field(False, description="DAPO: resample groups whose rewards are all equal")
     max_resample_rounds: int = Field(3, ge=0)
 

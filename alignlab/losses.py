@@ -168,6 +168,18 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str) -> torc
     raise ValueError(f"unknown KL estimator {kind!r}: k1, k2 or k3")
 
 
+def truncated_is_weights(train_logps: torch.Tensor, sampler_logps: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings
+    you off-policy RL training"): the per-token weight min(p_train(y) / p_sampler(y), cap), no grad.
+
+    Multiplying the policy-gradient loss by it corrects for a sampler (vLLM kernels, half precision)
+    that does not draw from exactly the distribution the trainer computes; the cap bounds the
+    variance. `train_logps` are the trainer's log-probs of the sampled tokens before the update."""
+    if cap <= 0:
+        raise ValueError(f"truncated_is_weights needs cap > 0, got {cap}")
+    return torch.exp(train_logps.detach() - sampler_logps.detach()).clamp(max=cap)
+
+
 # ----------------------------------------------------------------------------------------------
 # Preferences: the DPO family and Bradley-Terry. Inputs are per-sequence log-probs (B,) summed over
 # response tokens (SimPO: averaged). Each returns (per-pair loss (B,), stats).

@@ -127,6 +127,43 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
                    sampling_logps=[x[3] for x in flat] if return_logprobs else None, n=n)
 
 
+def mismatch_stats(train_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the trainer's recompute, over response tokens:
+    exactly 0 on-policy with the HF backend at top_p=1; nonzero with top-p, half precision or vLLM."""
+    d = (train_logps.float() - sampling_logps.float())[mask.bool()]
+    if d.numel() == 0:
+        return {}
+    return {"mismatch/logp_abs_mean": d.abs().mean().item(), "mismatch/logp_abs_max": d.abs().max().item(),
+            "mismatch/ratio_mean": d.exp().mean().item()}
+
+
+class HFSampler:
+    """`generate()` on the policy itself with transformers: nothing to sync after an update.
+    (The torch RNG it samples with is saved in checkpoints, so `seed` is not needed for exact resume.)"""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def sync(self) -> None:
+        pass
+
+    def generate(self, prompts: list[str], *, seed: int | None = None, batch_size: int | None = None, **kw) -> Rollout:
+        return generate(self.model, self.tokenizer, prompts, batch_size=batch_size or self.batch_size, **kw)
+
+
+def make_sampler(sampling, policy, tokenizer, model_cfg, lora_cfg, precision, seed: int = 0):
+    """The rollout engine a loop samples from: `sampling.backend` hf (anywhere) or vllm (CUDA).
+    Both return the same `Rollout`; call `.sync()` after each optimizer update."""
+    if sampling.backend == "hf":
+        return HFSampler(policy, tokenizer, sampling.batch_size)
+    from .rollout_vllm import VLLMSampler
+
+    dtype = precision.autocast or precision.weights
+    return VLLMSampler(policy, tokenizer, sampling.vllm, model_cfg=model_cfg, lora_cfg=lora_cfg, dtype=dtype, seed=seed)
+
+
 def _starts_with_bos(tokenizer, text: str) -> bool:
     return bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
 

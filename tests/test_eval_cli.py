@@ -52,13 +52,6 @@ def test_eval_run_without_checkpoints_is_a_clear_error(tmp_path, capsys):
     assert "no checkpoints" in capsys.readouterr().err
 
 
-def test_vllm_backend_is_refused_clearly():
-    from alignlab.config import ConfigError, GRPOConfig, load_config
-
-    with pytest.raises(ConfigError, match="sampling.backend=vllm is not implemented"):
-        load_config(GRPOConfig, "grpo_tiny", ["sampling.backend=vllm"])
-
-
 def test_eval_a_lora_run_loads_base_plus_adapter(tmp_path, qwen_dir):
     from conftest import sft_overrides
 

@@ -180,3 +180,25 @@ def test_whiten_masked():
 
 def test_zero_signal_groups():
     assert A.zero_signal_groups(torch.tensor([1.0, 1, 0, 1, 0, 0]), 2).tolist() == [True, False, True]
+
+
+def test_truncated_is_weights_closed_form_and_no_grad():
+    train = torch.tensor([[-1.0, -2.0, -0.5]], requires_grad=True)
+    sampler = torch.tensor([[-1.0, -1.0, -2.0]])
+    w = L.truncated_is_weights(train, sampler, cap=2.0)
+    # exp(0) = 1; exp(-1) = 0.368; exp(1.5) = 4.48 capped at 2
+    torch.testing.assert_close(w, torch.tensor([[1.0, math.exp(-1.0), 2.0]]))
+    assert not w.requires_grad
+    with pytest.raises(ValueError, match="cap > 0"):
+        L.truncated_is_weights(train, sampler, cap=0.0)
+
+
+def test_vllm_section_is_strict():
+    from alignlab.config import ConfigError, GRPOConfig, load_config
+
+    cfg = load_config(GRPOConfig, "grpo_tiny", ["sampling.backend=vllm", "sampling.vllm.gpu_memory_utilization=0.5"])
+    assert cfg.sampling.vllm.gpu_memory_utilization == 0.5 and cfg.sampling.vllm.sleep is False
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        load_config(GRPOConfig, "grpo_tiny", ["sampling.vllm.gpu_memory_utilization=1.5"])
+    with pytest.raises(ConfigError, match="sleep"):
+        load_config(GRPOConfig, "grpo_tiny", ["sampling.vllm.slep=true"])

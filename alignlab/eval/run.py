@@ -53,6 +53,27 @@ def load_for_inference(path: str):
     return model.to(device).eval(), load_tokenizer(path)
 
 
+def make_eval_sampler(path: str, args):
+    """hf: the model loaded with transformers. vllm: an engine on the folder (an adapter folder: its base,
+    with the adapter merged in and pushed once)."""
+    from .. import rollout
+
+    if args.backend == "hf":
+        model, tok = load_for_inference(path)
+        return rollout.HFSampler(model, tok)
+    import torch
+
+    from ..config import LoRAConfig, ModelConfig, VLLMConfig
+    from ..models import load_tokenizer
+    from ..rollout_vllm import VLLMSampler, check_available
+
+    check_available()  # before loading anything
+    model, tok = load_for_inference(path) if (Path(path) / "adapter_config.json").exists() else (None, load_tokenizer(path))
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return VLLMSampler(model, tok, VLLMConfig(gpu_memory_utilization=args.gpu_memory_utilization),
+                       model_cfg=ModelConfig(path=path), lora_cfg=LoRAConfig(), dtype=dtype, seed=args.seed)
+
+
 def rl_task_rows(task, outputs: list[list[str]], ks: tuple[int, ...]) -> list[dict]:
     """Rows for arithmetic / math, graded by the task's own reward (math: r1_zero with math-verify)."""
     from .metrics.math import score_math_samples
@@ -92,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-examples", type=int, default=None)
     ap.add_argument("--out", help="folder that receives eval/<task>.jsonl (default: the run, or runs/eval-<model>)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                    help="generation engine: hf (transformers, anywhere) or vllm (CUDA, pip install -e '.[vllm]')")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm: share of GPU memory it may take")
     ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples for the CIs")
     args = ap.parse_args(argv)
 
@@ -127,9 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [format_prompt(args.task, e) for e in examples]
         max_new, stop = args.max_new_tokens or 256, None
 
-    model, tok = load_for_inference(path)
-    con.print(f"evaluating {path} on {len(prompts)} {args.task} examples, {k} sample(s) each, temperature {temperature}")
-    ro = rollout.generate(model, tok, prompts, max_new_tokens=max_new, n=k, temperature=temperature, stop=stop)
+    sampler = make_eval_sampler(path, args)
+    con.print(f"evaluating {path} on {len(prompts)} {args.task} examples, {k} sample(s) each, temperature {temperature}, "
+              f"{args.backend} backend")
+    ro = sampler.generate(prompts, max_new_tokens=max_new, n=k, temperature=temperature, stop=stop, seed=args.seed)
     outputs = [ro.completions[i * k : (i + 1) * k] for i in range(len(prompts))]
 
     if args.task in RL_TASKS:

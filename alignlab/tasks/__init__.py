@@ -54,14 +54,16 @@ def load(cfg: TaskConfig, seed: int = 0) -> Task:
 
 
 def evaluate(policy, tokenizer, task: Task, *, max_examples: int, max_new_tokens: int, batch_size: int = 64,
-             stop: list[str] | None = None) -> tuple[dict, list[dict]]:
-    """Greedy generations on the held-out examples, graded by the task's reward.
+             stop: list[str] | None = None, sampler=None) -> tuple[dict, list[dict]]:
+    """Greedy generations on the held-out examples, graded by the task's reward; on the loop's
+    sampler when given (e.g. vLLM), else with transformers on `policy`.
     -> ({"eval/accuracy", "eval/format_rate"}, one row per example)."""
     from .. import rollout
 
     items = task.eval[:max_examples]
-    ro = rollout.generate(policy, tokenizer, [e["prompt"] for e in items], max_new_tokens=max_new_tokens,
-                          stop=stop or task.stop, batch_size=batch_size)
+    sampler = sampler or rollout.HFSampler(policy, tokenizer)
+    ro = sampler.generate([e["prompt"] for e in items], max_new_tokens=max_new_tokens, stop=stop or task.stop,
+                          batch_size=batch_size)
     scores = [task.reward(c, e) for c, e in zip(ro.completions, items)]
     rows = [{"id": e["id"], "prompt": e["prompt"], "completion": c, "reference": e["answer"], **sc}
             for e, c, sc in zip(items, ro.completions, scores)]

@@ -41,6 +41,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     # An upper bound on updates (every sample correct) sizes the schedule.
     max_updates = e.n_ei_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)
     opt, sched = optim.build(policy, cfg.optim, max_updates)
@@ -51,7 +52,8 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
     evaluate = lambda: tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples,  # noqa: E731
-                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop)
+                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop,
+                                      sampler=sampler)
     if start == 0:
         metrics, rows = evaluate()
         run.log(0, **metrics)
@@ -61,9 +63,9 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
         for rnd in range(start, e.n_ei_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(e.questions_per_round, rnd)
-            ro = rollout.generate(policy, tok, [x["prompt"] for x in examples], max_new_tokens=s.max_new_tokens,
-                                  n=e.group_size, temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
-                                  batch_size=s.batch_size)
+            ro = sampler.generate([x["prompt"] for x in examples], max_new_tokens=s.max_new_tokens, n=e.group_size,
+                                  temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
+                                  seed=cfg.seed * 7919 + rnd * 31)
             scores = [task.reward(c, examples[i // e.group_size]) for i, c in enumerate(ro.completions)]
             per_q = torch.tensor([x["reward"] for x in scores]).view(-1, e.group_size)
             items = kept_examples(examples, ro, scores, e.dedupe)
@@ -83,6 +85,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
                     losses_.append(loss)
                     n_updates += 1
                     n_seen += seen
+            sampler.sync()  # vLLM: push the new weights before evaluating and the next round
             t2 = time.perf_counter()
             done = rnd + 1
             metrics, rows = evaluate()

@@ -64,13 +64,13 @@ def advantages_for(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
     return A.group_normalize(rewards, cfg.rl.group_size, cfg.rl.normalize_by_std, cfg.rl.advantage_eps)
 
 
-def sample_groups(policy, tok, task, cfg: GRPOConfig, step: int):
+def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
     """Rollouts + rewards for one step; with dynamic sampling, zero-signal groups are redrawn."""
     s, rl = cfg.sampling, cfg.rl
     examples = task.sample_train(rl.prompts_per_step, step)
     gen = dict(max_new_tokens=s.max_new_tokens, n=rl.group_size, temperature=s.temperature, top_p=s.top_p,
                stop=s.stop or task.stop, batch_size=s.batch_size, return_logprobs=True)
-    ro = rollout.generate(policy, tok, [e["prompt"] for e in examples], **gen)
+    ro = sampler.generate([e["prompt"] for e in examples], seed=cfg.seed * 7919 + step * 31, **gen)
     scores = [task.reward(c, examples[i // rl.group_size]) for i, c in enumerate(ro.completions)]
     rounds = 0
     while rl.dynamic_sampling and rounds < rl.max_resample_rounds:
@@ -79,7 +79,7 @@ def sample_groups(policy, tok, task, cfg: GRPOConfig, step: int):
             break
         rounds += 1
         fresh = task.sample_train(len(dead), step * 1000 + rounds)
-        ro2 = rollout.generate(policy, tok, [e["prompt"] for e in fresh], **gen)
+        ro2 = sampler.generate([e["prompt"] for e in fresh], seed=cfg.seed * 7919 + step * 31 + rounds, **gen)
         for k, g in enumerate(dead):  # replace group g by fresh group k
             examples[g] = fresh[k]
             sl = slice(g * rl.group_size, (g + 1) * rl.group_size)
@@ -90,9 +90,9 @@ def sample_groups(policy, tok, task, cfg: GRPOConfig, step: int):
     return examples, ro, scores, rounds
 
 
-def evaluate(policy, tok, task, cfg: GRPOConfig):
+def evaluate(policy, tok, task, cfg: GRPOConfig, sampler=None):
     return tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, stop=cfg.sampling.stop)
+                          batch_size=cfg.eval.batch_size, stop=cfg.sampling.stop, sampler=sampler)
 
 
 def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
@@ -102,6 +102,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
+    sampler = rollout.make_sampler(cfg.sampling, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     reference = None
     if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled
         reference = models.load_frozen_reference(cfg.model, t.precision)
@@ -114,7 +115,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
     if start == 0:
-        metrics, rows = evaluate(policy, tok, task, cfg)
+        metrics, rows = evaluate(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
     n_seqs = rl.prompts_per_step * rl.group_size
@@ -122,7 +123,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     with tracking.progress(t.total_steps, start, cfg.name) as bar:
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
-            examples, ro, scores, resampled = sample_groups(policy, tok, task, cfg, step)
+            examples, ro, scores, resampled = sample_groups(sampler, task, cfg, step)
             t1 = time.perf_counter()
             rewards = torch.tensor([x["reward"] for x in scores])  # (B,)
             adv = advantages_for(rewards, cfg)  # (B,)
@@ -162,6 +163,11 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                     if "old_logps" not in mb:
                         mb["old_logps"] = logps.detach()
                     per_token, meta = LOSSES[rl.loss_type](logps, mb, rl)
+                    if rl.tis_cap > 0:  # the sampler is not exactly the trainer: reweight its tokens
+                        w = losses.truncated_is_weights(mb["old_logps"], mb["sampling_logps"], rl.tis_cap)
+                        per_token = per_token * w
+                        for name, v in (("tis/weight_mean", w), ("tis/capped_frac", (w >= rl.tis_cap).float())):
+                            agg[name] = agg.get(name, 0.0) + losses.masked_normalize(v, m, normalize_constant=n_tokens).item()
                     if rl.kl_coef > 0:
                         kl = losses.kl_estimate(logps, mb["ref_logps"], rl.kl_estimator)
                         per_token = per_token + rl.kl_coef * kl
@@ -183,11 +189,12 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                     stats.update(agg)  # epoch 0 is on-policy: ratio/mean is exactly 1 there
                 else:
                     stats.update({"loss/policy_last_epoch": agg["loss/policy"], "clip/frac_last_epoch": agg["clip/frac"]})
+            sampler.sync()  # vLLM: push the new weights before the next rollout
             t3 = time.perf_counter()
             # training-side log-probs vs the sampler's: nonzero with top-p, half precision, or another engine
-            d = torch.cat([(mb["old_logps"] - mb["sampling_logps"])[mb["response_mask"]] for mb in mbs])
-            stats.update({"mismatch/logp_abs_mean": d.abs().mean().item(), "mismatch/logp_abs_max": d.abs().max().item(),
-                          "mismatch/ratio_mean": d.exp().mean().item()})
+            stats.update(rollout.mismatch_stats(torch.cat([mb["old_logps"].flatten() for mb in mbs]),
+                                                torch.cat([mb["sampling_logps"].flatten() for mb in mbs]),
+                                                torch.cat([mb["response_mask"].flatten() for mb in mbs])))
             g = rewards.view(-1, rl.group_size)
             resp_len = mask_all.sum(-1).float()
             done = step + 1
@@ -205,7 +212,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             bar.update(bar.task_ids[0], advance=1, loss=f"r={rewards.mean().item():.3f}", tps=f"{row['tokens/per_s']:,.0f}")
             H.call(hooks, "on_step_end", ctx, done, row)
             if run.due(done, t.eval_every, t.total_steps):
-                metrics, rows = evaluate(policy, tok, task, cfg)
+                metrics, rows = evaluate(policy, tok, task, cfg, sampler)
                 run.log(done, **metrics)
                 run.samples(done, rows)
                 H.call(hooks, "on_eval", ctx, done, metrics)

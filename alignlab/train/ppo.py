@@ -104,6 +104,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
+    sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     score = build_scorer(cfg, task, device, tok)
     hidden_size = policy.get_output_embeddings().weight.shape[1]
     value_head = torch.nn.Linear(hidden_size, 1).to(device)
@@ -127,7 +128,8 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
     evaluate = lambda: tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples,  # noqa: E731
-                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop)
+                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop,
+                                      sampler=sampler)
     if start == 0:
         metrics, rows = evaluate()
         run.log(0, **metrics)
@@ -137,9 +139,9 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(p.rollout_size, step)
-            ro = rollout.generate(policy, tok, [e["prompt"] for e in examples], max_new_tokens=s.max_new_tokens, n=1,
+            ro = sampler.generate([e["prompt"] for e in examples], max_new_tokens=s.max_new_tokens, n=1,
                                   temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
-                                  batch_size=s.batch_size, return_logprobs=True)
+                                  return_logprobs=True, seed=cfg.seed * 7919 + step * 31)
             t1 = time.perf_counter()
             scores, parts = score(examples, ro.completions)  # (B,)
             t2 = time.perf_counter()
@@ -198,6 +200,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                 epochs_run += 1
                 if p.early_stop_kl and epoch_kl / (p.rollout_size // p.minibatch_seqs) > p.early_stop_kl:
                     break
+            sampler.sync()  # vLLM: push the new weights before the next rollout
             kl_seq = kl_tok.sum(-1).mean().item()  # nats per sequence, under the rollout policy
             if p.adaptive_kl:  # Ziegler et al.: proportional controller, error clipped to +-20%
                 err = max(-0.2, min(0.2, kl_seq / p.kl_target - 1))
@@ -211,6 +214,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                 "returns/mean": returns[m_all].mean().item(), "adv/mean": adv[m_all].mean().item(),
                 "value/explained_variance": (1 - (returns[m_all] - old_values[m_all]).var() / var_r).item()
                 if var_r > 0 else 0.0,
+                **rollout.mismatch_stats(old_logps, batch["sampling_logps"], mask),
                 "kl/ref": kl_seq, "kl/coef": kl_coef, "ppo/epochs_run": epochs_run,
                 "response/len_mean": mask.sum(-1).float().mean().item(), "lr": sched.get_last_lr()[0],
                 "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
