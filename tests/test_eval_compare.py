@@ -1,6 +1,7 @@
 """`alignlab compare` on tiny runs: report files, verdicts, pairing rules and refusals."""
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,168 @@ def test_refusal_rate_is_reported_as_higher_not_beats(tmp_path):
     line = res["verdicts"][0]
     assert line.startswith("sft is higher than base on refusal rate by 100.0 points")
     assert "; sft beats base on refusal accuracy by 50.0 points" in line
+
+
+# ---------------------------------------------------------------------------- groups of seeds
+
+
+def _seed_runs(root, group, k, n, p_correct, rng, task="math"):
+    """k seed runs of one method: a 0/1 accuracy and a continuous score per example."""
+    paths = []
+    for s in range(k):
+        p_seed = float(np.clip(p_correct + rng.normal(0, 0.02), 0, 1))
+        acc = (rng.random(n) < p_seed).astype(float)
+        score = np.clip(0.5 * acc + rng.normal(0.2, 0.1, n), 0, 1)
+        paths.append(make_run(root, f"{group}-seed{s}", task,
+                              {f"q{i}": {"accuracy": float(acc[i]), "score": float(score[i])} for i in range(n)}))
+    return paths
+
+
+@pytest.fixture
+def seed_groups(tmp_path):
+    """base (3 seeds), good (3 seeds, much better), same (base's runs copied, seeds reordered)."""
+    rng = np.random.default_rng(7)
+    base = _seed_runs(tmp_path, "base", 3, 80, 0.35, rng)
+    good = _seed_runs(tmp_path, "good", 3, 80, 0.85, rng)
+    same = []
+    for s, src in enumerate(reversed(base)):
+        dst = tmp_path / f"same-seed{s}" / "eval"
+        dst.mkdir(parents=True)
+        (dst / "math.jsonl").write_text((src / "eval" / "math.jsonl").read_text())
+        same.append(dst.parent)
+    return {"base": [str(p) for p in base], "good": [str(p) for p in good], "same": [str(p) for p in same]}
+
+
+def _run_means(paths, metric):
+    out = []
+    for p in paths:
+        rows = [json.loads(line) for line in (p / "eval" / "math.jsonl").read_text().splitlines()]
+        out.append(np.mean([r["metrics"][metric] for r in rows]))
+    return np.array(out)
+
+
+def test_groups_match_scipy_and_apply_holm(tmp_path, seed_groups):
+    res = run_compare([], "math", tmp_path / "r", n_resamples=1000, plots=False, groups=seed_groups)
+    assert res["mode"] == "groups" and res["comparisons"] == []
+    paths = {g: [Path(p) for p in ps] for g, ps in seed_groups.items()}
+    for g in ("base", "good"):
+        for m in ("accuracy", "score"):
+            x = _run_means(paths[g], m)
+            s = res["groups"][g]["metrics"][m]
+            assert list(s["seed_means"].values()) == pytest.approx(x)
+            assert s["n_seeds"] == 3
+            assert s["mean"] == pytest.approx(x.mean()) and s["std"] == pytest.approx(x.std(ddof=1))
+            lo, hi = sps.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+            assert (s["ci_low"], s["ci_high"]) == pytest.approx((lo, hi))
+    # Welch t-test over per-seed means, scipy's numbers.
+    gc = {(c["a"], c["b"], c["metric"]): c for c in res["group_comparisons"]}
+    assert len(gc) == 6 and res["family_size"] == 6  # 3 group pairs x 2 metrics
+    c = gc[("base", "good", "accuracy")]
+    a, b = _run_means(paths["base"], "accuracy"), _run_means(paths["good"], "accuracy")
+    w = sps.ttest_ind(b, a, equal_var=False)
+    assert c["test"] == "Welch t over seeds"
+    assert c["pvalue"] == pytest.approx(w.pvalue) and c["welch_df"] == pytest.approx(w.df)
+    assert c["diff"] == pytest.approx(b.mean() - a.mean()) and c["ci_low"] < c["diff"] < c["ci_high"]
+    # Holm across every group comparison (brute-force definition).
+    p = np.array([c["pvalue"] for c in res["group_comparisons"]])
+    order = np.argsort(p)
+    ref, running = np.empty(p.size), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        ref[i] = running
+    assert [c["pvalue_holm"] for c in res["group_comparisons"]] == pytest.approx(ref)
+    assert all(c["significant"] == (c["pvalue_holm"] <= 0.05 and c["diff"] != 0) for c in res["group_comparisons"])
+    # A clearly better group is significant; a group of the same runs is not.
+    assert c["significant"] and c["diff"] > 0 and c["ci_low"] > 0
+    same = gc[("base", "same", "accuracy")]
+    assert same["diff"] == pytest.approx(0, abs=1e-12) and same["pvalue"] == pytest.approx(1.0)
+    assert not same["significant"] and not gc[("base", "same", "score")]["significant"]
+    lines = res["verdicts"]
+    assert lines[0].startswith("good beats base on accuracy by ") and "Welch p=" in lines[0]
+    assert lines[0].endswith("[seeds: good 3, base 3]")
+    assert lines[1] == "same vs base: not significant on accuracy, score [seeds: same 3, base 3]"
+
+
+def test_group_report_cli(tmp_path, seed_groups, capsys):
+    out = tmp_path / "rep"
+    argv = ["--task", "math", "--out", str(out), "--resamples", "500", "--baseline"]
+    for g, ps in seed_groups.items():
+        argv += ["--group", f"{g}={','.join(ps)}"]
+    assert main(argv) == 0
+    md = (out / "report.md").read_text()
+    assert "## Groups" in md and "### Group differences" in md and "Welch" in md and "hierarchical bootstrap" in md
+    assert "| base | accuracy (x100) | 3 |" in md and "![groups](groups.png)" in md
+    assert "## Paired differences" not in md  # single runs are not tested against each other
+    assert "<h2>Groups</h2>" in (out / "report.html").read_text()
+    assert (out / "groups.png").stat().st_size > 0
+    js = json.loads((out / "comparison.json").read_text())
+    assert "run_values" not in js and js["family_size"] == 4  # --baseline: good-base, same-base x 2 metrics
+    assert {(c["a"], c["b"]) for c in js["group_comparisons"]} == {("base", "good"), ("base", "same")}
+    assert capsys.readouterr().out.splitlines()[0].startswith("good beats base on accuracy")
+
+
+def test_hierarchical_bootstrap_against_loop_reference():
+    from alignlab.eval import stats
+
+    rng = np.random.default_rng(3)
+    n = 40
+    a = rng.normal(0, 1, (3, n)) + rng.normal(0, 0.5, (3, 1))  # (seeds, examples), seed offsets
+    b = rng.normal(0.3, 1, (4, n)) + rng.normal(0, 0.5, (4, 1))
+    ci = stats.hierarchical_bootstrap_ci(a, b, n_resamples=4000, seed=0)
+    ref_rng = np.random.default_rng(123)
+    ref = []
+    for _ in range(4000):  # seeds of each group, then the same examples for both
+        ra, rb = a[ref_rng.integers(0, 3, 3)], b[ref_rng.integers(0, 4, 4)]
+        idx = ref_rng.integers(0, n, n)
+        ref.append(rb[:, idx].mean() - ra[:, idx].mean())
+    lo, hi = np.quantile(ref, [0.025, 0.975])
+    width = hi - lo
+    assert ci.estimate == pytest.approx(b.mean() - a.mean())
+    assert ci.low == pytest.approx(lo, abs=0.1 * width) and ci.high == pytest.approx(hi, abs=0.1 * width)
+    # Seed variance widens the interval beyond the example-only paired bootstrap of the pooled means.
+    ex_only = stats.paired_bootstrap_ci(a.mean(0), b.mean(0), n_resamples=4000, seed=0)
+    assert ci.high - ci.low > 1.2 * (ex_only.high - ex_only.low)
+
+
+def test_group_with_one_seed_is_refused(tmp_path, seed_groups, capsys):
+    argv = ["--task", "math", "--group", f"base={seed_groups['base'][0]}",
+            "--group", "good=" + ",".join(seed_groups["good"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--group base has 1 run" in err and "at least 2 seed runs" in err
+    with pytest.raises(CompareError, match="--group good has 1 run"):
+        run_compare([], "math", tmp_path / "r", groups={"base": seed_groups["base"], "good": seed_groups["good"][:1]})
+
+
+@pytest.mark.parametrize("groups,message", [
+    (["sft"], r"--group 'sft': expected NAME=RUN1,RUN2"),
+    (["=A,B"], r"--group '=A,B': expected NAME=RUN1,RUN2"),
+    (["x=A,,B", "y=C,D"], r"--group 'x=A,,B': empty run name"),
+    (["x=A,B", "x=C,D"], r"--group x is given twice"),
+    (["x=A,B"], r"--group: comparing groups needs at least two groups, got 1"),
+    (["x=A,MISSING", "y=C,D"], r"--group x: .*MISSING: neither a run directory nor an eval file"),
+    (["x=A,B", "y=B,C"], r"is in both --group x and --group y"),
+    (["x=A,B,A", "y=C,D"], r"is twice in --group x"),
+])
+def test_group_bad_inputs_name_the_argument(tmp_path, capsys, monkeypatch, groups, message):
+    for name in "ABCD":
+        make_run(tmp_path, name, "math", {i: {"accuracy": float(i % 2)} for i in range(4)})
+    monkeypatch.chdir(tmp_path)  # run names A..D are relative paths
+    argv = ["--task", "math", "--out", "r", "--no-plots", "--resamples", "100"]
+    for g in groups:
+        argv += ["--group", g]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_groups_refuse_positional_runs_labels_and_different_examples(tmp_path, seed_groups):
+    with pytest.raises(CompareError, match="--group: give the runs inside --group"):
+        run_compare([seed_groups["base"][0]], "math", tmp_path / "r", groups=seed_groups)
+    with pytest.raises(CompareError, match="--labels names single runs"):
+        run_compare([], "math", tmp_path / "r", groups=seed_groups, labels=["a", "b"])
+    short = make_run(tmp_path, "good-seed9", "math", {f"q{i}": {"accuracy": 1.0, "score": 0.5} for i in range(70)})
+    groups = {"base": seed_groups["base"], "good": seed_groups["good"][:2] + [str(short)]}
+    with pytest.raises(CompareError, match="different example sets.*--intersection"):
+        run_compare([], "math", tmp_path / "r", groups=groups, n_resamples=200, plots=False)
+    res = run_compare([], "math", tmp_path / "r", groups=groups, intersection=True, n_resamples=200, plots=False)
+    assert res["n_examples"] == 70 and res["ids_dropped"]["base-seed0"] == 10

@@ -12,8 +12,16 @@ Runs evaluated on different example sets are refused unless ``--intersection`` i
 only the shared ids are compared, and the report says how many were dropped). Rows that share an
 id but not the prompt or reference are refused too: that is a different example set in disguise.
 
+Seeds: ``--group NAME=RUN1,RUN2,...`` (repeatable, at least two groups of at least two runs each)
+compares *groups* of runs, one run per training seed, instead of single runs. Per group and metric:
+the per-seed means, their mean, SD and t-interval (``stats.aggregate_seeds``). Per pair of groups:
+Welch's t-test over the per-seed means (the primary test, Holm-corrected across every group pair x
+metric) and a hierarchical bootstrap CI of the difference (resample seeds, then examples, the same
+examples for both groups), so both training-seed and test-set variance are accounted for. Every
+run of every group must be evaluated on the same examples (same rule and ``--intersection`` as above).
+
 Outputs in ``--out``: report.md, report.html (self-contained, plots embedded), comparison.json
-(every number), distributions.png and diff_<A>_vs_<B>.png.
+(every number), distributions.png and diff_<A>_vs_<B>.png (groups.png with ``--group``).
 """
 from __future__ import annotations
 
@@ -63,7 +71,7 @@ def resolve_eval_file(spec: str | Path, task: str) -> tuple[str, Path]:
 
 def load_runs(specs: list[str], task: str, labels: list[str] | None = None) -> list[Run]:
     if len(specs) < 2:
-        raise CompareError("compare needs at least two runs")
+        raise CompareError("compare needs at least two runs (or two --group NAME=RUN1,RUN2,... of seed runs)")
     if labels is not None and len(labels) != len(specs):
         raise CompareError(f"--labels gives {len(labels)} names for {len(specs)} runs")
     runs: list[Run] = []
@@ -81,6 +89,82 @@ def load_runs(specs: list[str], task: str, labels: list[str] | None = None) -> l
         else:
             seen[r.label] = 1
     return runs
+
+
+def parse_group_args(values: list[str]) -> dict[str, list[str]]:
+    """``["sft=runs/a,runs/b", ...]`` -> ``{"sft": ["runs/a", "runs/b"], ...}``, refusing malformed values."""
+    groups: dict[str, list[str]] = {}
+    for value in values:
+        name, eq, members = value.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            raise CompareError(f"--group {value!r}: expected NAME=RUN1,RUN2,... "
+                               "(e.g. --group sft=runs/sft-seed0,runs/sft-seed1)")
+        if name in groups:
+            raise CompareError(f"--group {name} is given twice; list all of its runs in one "
+                               f"--group {name}=RUN1,RUN2,...")
+        specs = [m.strip() for m in members.split(",")]
+        if not members.strip() or any(not m for m in specs):
+            raise CompareError(f"--group {value!r}: empty run name in the list; expected NAME=RUN1,RUN2,... "
+                               "with no empty entries")
+        groups[name] = specs
+    return groups
+
+
+def check_groups(groups: dict[str, list[str]]) -> None:
+    """At least two groups, each with at least two seed runs (the test runs over seeds)."""
+    if len(groups) < 2:
+        raise CompareError(f"--group: comparing groups needs at least two groups, got {len(groups)}"
+                           + (f" ({next(iter(groups))})" if groups else ""))
+    for name, specs in groups.items():
+        if len(specs) < 2:
+            raise CompareError(
+                f"--group {name} has {len(specs)} run ({', '.join(specs) or 'none'}); a group needs at least 2 "
+                f"seed runs, because groups are compared with a test across seeds. Evaluate more seeds and list "
+                f"them (--group {name}=RUN_SEED0,RUN_SEED1,...), or compare single runs without --group.")
+
+
+def load_groups(groups: dict[str, list[str]], task: str) -> tuple[list[Run], dict[str, list[str]]]:
+    """Load every run of every group; returns the runs and group name -> run labels.
+
+    A run may belong to one group only (a seed counted twice would shrink the seed variance).
+    Run labels are the run names, prefixed with ``GROUP/`` when two runs share a name.
+    """
+    check_groups(groups)
+    owner: dict[Path, tuple[str, str]] = {}
+    loaded: list[tuple[str, str, Path]] = []  # (group, base label, eval file)
+    for name, specs in groups.items():
+        for spec in specs:
+            try:
+                label, path = resolve_eval_file(spec, task)
+            except CompareError as e:
+                raise CompareError(f"--group {name}: {e}") from None
+            key = path.resolve()
+            if key in owner:
+                g, other = owner[key]
+                where = f"twice in --group {name}" if g == name else f"in both --group {g} and --group {name}"
+                same = "" if other == spec else f" (the same eval file as {other})"
+                raise CompareError(f"{spec}{same} is {where}; each run belongs to one group")
+            owner[key] = (name, spec)
+            loaded.append((name, label, path))
+    counts: dict[str, int] = {}
+    for _, label, _ in loaded:
+        counts[label] = counts.get(label, 0) + 1
+    runs: list[Run] = []
+    members: dict[str, list[str]] = {name: [] for name in groups}
+    seen: dict[str, int] = {}
+    for name, label, path in loaded:
+        if counts[label] > 1:
+            label = f"{name}/{label}"
+        if label in seen:  # two runs of one group with the same name: base, base (2), ...
+            seen[label] += 1
+            label = f"{label} ({seen[label]})"
+        else:
+            seen[label] = 1
+        rows = read_eval_file(path)
+        runs.append(Run(label, path, {r["id"]: r for r in rows}))
+        members[name].append(label)
+    return runs, members
 
 
 def align(runs: list[Run], intersection: bool) -> tuple[list, dict]:
@@ -124,8 +208,14 @@ def _values(run: Run, ids: list, metric: str) -> np.ndarray:
 
 
 def compare_runs(runs: list[Run], ids: list, *, metrics: list[str] | None = None, baseline_only: bool = False,
-                 seed: int = 0, n_resamples: int = 10_000, alpha: float = 0.05, confidence: float = 0.95) -> dict:
-    """Every number in the report, as a JSON-able dict."""
+                 seed: int = 0, n_resamples: int = 10_000, alpha: float = 0.05, confidence: float = 0.95,
+                 groups: dict[str, list[str]] | None = None) -> dict:
+    """Every number in the report, as a JSON-able dict.
+
+    With ``groups`` (group name -> run labels, from ``load_groups``) the runs are seeds of their
+    group: pairs of *groups* are compared (``group_comparisons``) and the Holm family is every
+    group pair x metric; single runs are not compared with each other.
+    """
     shared = None
     for r in runs:
         names = []
@@ -144,6 +234,7 @@ def compare_runs(runs: list[Run], ids: list, *, metrics: list[str] | None = None
         raise CompareError("the runs share no metric")
 
     per_run: dict = {}
+    run_values: dict = {}  # label -> metric -> finite per-example values (for the plots)
     scale: dict = {}
     for m in shared:
         all_vals = np.concatenate([_values(r, ids, m) for r in runs])
@@ -151,16 +242,17 @@ def compare_runs(runs: list[Run], ids: list, *, metrics: list[str] | None = None
         scale[m] = 100.0 if fin.size and fin.min() >= 0 and fin.max() <= 1 else 1.0
     for r in runs:
         per_run[r.label] = {"path": str(r.path), "n_rows": len(r.rows), "metrics": {}}
+        run_values[r.label] = {}
         for m in shared:
             v = _values(r, ids, m)
             v = v[np.isfinite(v)]
+            run_values[r.label][m] = v.tolist()
             if v.size == 0:
                 continue
             ci = stats.bootstrap_ci(v, confidence=confidence, n_resamples=n_resamples, seed=seed)
             per_run[r.label]["metrics"][m] = {"mean": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n}
 
-    pairs = [(0, j) for j in range(1, len(runs))] if baseline_only else \
-        [(i, j) for i in range(len(runs)) for j in range(i + 1, len(runs))]
+    pairs = [] if groups else _pairs(len(runs), baseline_only)
     comparisons = []
     for i, j in pairs:
         a_run, b_run = runs[i], runs[j]
@@ -172,22 +264,73 @@ def compare_runs(runs: list[Run], ids: list, *, metrics: list[str] | None = None
             res = stats.paired_comparison(a[ok], b[ok], n_resamples=n_resamples, seed=seed, confidence=confidence)
             res.update(a=a_run.label, b=b_run.label, metric=m, a_values=a[ok].tolist(), b_values=b[ok].tolist())
             comparisons.append(res)
-    if comparisons:
-        adj, rej = stats.holm([c["pvalue"] for c in comparisons], alpha=alpha)
-        for c, p_adj, rj in zip(comparisons, adj, rej):
+    group_stats, group_comparisons = {}, []
+    if groups:
+        group_stats, group_comparisons = _compare_groups(
+            runs, groups, ids, shared, per_run, baseline_only=baseline_only, seed=seed, n_resamples=n_resamples,
+            confidence=confidence)
+    family = group_comparisons if groups else comparisons
+    if family:
+        adj, rej = stats.holm([c["pvalue"] for c in family], alpha=alpha)
+        for c, p_adj, rj in zip(family, adj, rej):
             c["pvalue_holm"] = float(p_adj)
             c["significant"] = bool(rj) and c["diff"] != 0
     n = len(ids)
     result = {
         "task": None, "n_examples": n, "ids_dropped": {}, "seed": seed, "n_resamples": n_resamples,
         "alpha": alpha, "confidence": confidence, "metrics": shared, "scale": scale, "runs": per_run,
-        "comparisons": comparisons, "family_size": len(comparisons),
+        "comparisons": comparisons, "family_size": len(family),
         "sample_size_note": stats.sample_size_note(n, "automatic"),
         "mde_dz": stats.minimum_detectable_effect(n) if n >= 2 else None,
+        "run_values": run_values,
     }
-    result["verdicts"] = verdicts(result)
+    if groups:
+        result.update(mode="groups", groups=group_stats, group_comparisons=group_comparisons,
+                      group_test="Welch t-test over per-seed means (scipy.stats.ttest_ind, equal_var=False)",
+                      group_ci="hierarchical bootstrap: resample seeds within each group, then examples "
+                               "(the same examples for both groups)")
+        result["verdicts"] = verdicts(result, key="group_comparisons")
+    else:
+        result["mode"] = "runs"
+        result["verdicts"] = verdicts(result)
     result["corpus"] = _corpus(runs, ids, seed, n_resamples, confidence)
     return result
+
+
+def _pairs(k: int, baseline_only: bool) -> list[tuple[int, int]]:
+    if baseline_only:
+        return [(0, j) for j in range(1, k)]
+    return [(i, j) for i in range(k) for j in range(i + 1, k)]
+
+
+def _compare_groups(runs: list[Run], groups: dict[str, list[str]], ids: list, shared: list[str], per_run: dict, *,
+                    baseline_only: bool, seed: int, n_resamples: int, confidence: float) -> tuple[dict, list]:
+    """Per-group seed aggregates and the between-group comparisons (Holm is applied by the caller)."""
+    by_label = {r.label: r for r in runs}
+    group_stats: dict = {}
+    for name, labels in groups.items():
+        group_stats[name] = {"runs": list(labels), "metrics": {}}
+        for m in shared:
+            seeds = {lab: per_run[lab]["metrics"][m]["mean"] for lab in labels if m in per_run[lab]["metrics"]}
+            if not seeds:
+                continue
+            agg = stats.aggregate_seeds(list(seeds.values()), confidence=confidence)
+            group_stats[name]["metrics"][m] = {"seed_means": seeds, "mean": agg.mean, "std": agg.std,
+                                               "ci_low": agg.ci_low, "ci_high": agg.ci_high, "n_seeds": agg.n}
+    names = list(groups)
+    comparisons = []
+    for i, j in _pairs(len(names), baseline_only):
+        ga, gb = names[i], names[j]
+        for m in shared:
+            a = np.stack([_values(by_label[lab], ids, m) for lab in groups[ga]])  # (k_a, n)
+            b = np.stack([_values(by_label[lab], ids, m) for lab in groups[gb]])  # (k_b, n)
+            ok = np.all(np.isfinite(a), axis=0) & np.all(np.isfinite(b), axis=0)
+            if ok.sum() == 0:
+                continue
+            res = stats.group_comparison(a[:, ok], b[:, ok], n_resamples=n_resamples, seed=seed, confidence=confidence)
+            res.update(a=ga, b=gb, metric=m, runs_a=list(groups[ga]), runs_b=list(groups[gb]))
+            comparisons.append(res)
+    return group_stats, comparisons
 
 
 def _corpus(runs: list[Run], ids: list, seed: int, n_resamples: int, confidence: float) -> dict:
@@ -227,12 +370,22 @@ def _unit(scale: float) -> str:
     return " points" if scale != 1 else ""
 
 
-def verdicts(result: dict) -> list[str]:
+def _fmt_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def verdicts(result: dict, key: str = "comparisons") -> list[str]:
     """One plain-language line per pair of runs, e.g.
-    "B beats A on ROUGE-L by 2.1 points, 95% CI [0.8, 3.4], d=0.31; not significant on BERTScore"."""
+    "B beats A on ROUGE-L by 2.1 points, 95% CI [0.8, 3.4], d=0.31; not significant on BERTScore".
+
+    For groups (``key="group_comparisons"``) the CI is the hierarchical bootstrap's, the effect is
+    the Holm-adjusted Welch p, and the line ends with the seed counts:
+    "grpo beats sft on accuracy by 9.0 points, 95% CI [5.1, 12.8], Welch p=0.004 (Holm) [seeds: grpo 3, sft 3]".
+    """
+    groups = key == "group_comparisons"
     lines = []
     by_pair: dict = {}
-    for c in result["comparisons"]:
+    for c in result[key]:
         by_pair.setdefault((c["a"], c["b"]), []).append(c)
     conf = int(round(result["confidence"] * 100))
     for (a, b), cs in by_pair.items():
@@ -247,10 +400,12 @@ def verdicts(result: dict) -> list[str]:
                 dz = c.get("d_z")
                 dz_s = ("n/a" if dz is None or math.isnan(dz) else "inf" if math.isinf(dz) else f"{abs(dz):.2f}")
                 verb = "is higher than" if c["metric"] in NEUTRAL_METRICS else "beats"
-                key = (winner, verb)
-                subject = "" if wins and wins[-1][0] == key else f"{winner} {verb} {loser} "
-                wins.append((key, f"{subject}on {name} by {_fmt_diff(d, sc)}{_unit(sc)}, "
-                                  f"{conf}% CI [{_fmt_diff(lo, sc)}, {_fmt_diff(hi, sc)}], d={dz_s}"))
+                who = (winner, verb)
+                subject = "" if wins and wins[-1][0] == who else f"{winner} {verb} {loser} "
+                p_s = _fmt_p(c["pvalue_holm"]) if groups else ""
+                effect = f"Welch p{'' if p_s.startswith('<') else '='}{p_s} (Holm)" if groups else f"d={dz_s}"
+                wins.append((who, f"{subject}on {name} by {_fmt_diff(d, sc)}{_unit(sc)}, "
+                                  f"{conf}% CI [{_fmt_diff(lo, sc)}, {_fmt_diff(hi, sc)}], {effect}"))
             else:
                 ns.append(name)
         parts = [w for _, w in wins]
@@ -259,6 +414,8 @@ def verdicts(result: dict) -> list[str]:
         line = "; ".join(parts)
         if not wins:
             line = f"{b} vs {a}: " + line
+        if groups:
+            line += f" [seeds: {b} {cs[0]['seeds_b']}, {a} {cs[0]['seeds_a']}]"
         lines.append(line)
     return lines
 
@@ -268,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alignlab compare",
         description="Paired statistical comparison of evaluated runs on the same examples "
                     "(Markdown + HTML report with CIs, p-values, effect sizes and plots).")
-    p.add_argument("runs", nargs="+", help="run directories (reads <run>/eval/<task>.jsonl) or eval .jsonl files")
+    p.add_argument("runs", nargs="*", help="run directories (reads <run>/eval/<task>.jsonl) or eval .jsonl files "
+                                           "(leave out with --group)")
     p.add_argument("--task", required=True, help="safety, summarization, code or math (the eval file's name)")
     p.add_argument("--out", default=None, help="output folder (default: compare-<task>)")
     p.add_argument("--intersection", action="store_true",
@@ -280,23 +438,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default=None, help="comma-separated subset of metrics to compare")
     p.add_argument("--baseline", action="store_true", help="compare each run with the first only (default: all pairs)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--group", action="append", default=None, metavar="NAME=RUN1,RUN2,...",
+                   help="a group of seed runs of one method (repeat for each method, at least 2 groups of at "
+                        "least 2 runs); compares groups across seeds (Welch t-test over per-seed means, "
+                        "hierarchical bootstrap CI) instead of single runs. --baseline compares every group "
+                        "with the first group.")
     return p
 
 
 def run_compare(runs_specs: list[str], task: str, out: str | Path, *, intersection: bool = False, seed: int = 0,
                 n_resamples: int = 10_000, alpha: float = 0.05, labels: list[str] | None = None,
-                metrics: list[str] | None = None, baseline_only: bool = False, plots: bool = True) -> dict:
-    """Load, align, compare and write the report; returns the comparison dict."""
+                metrics: list[str] | None = None, baseline_only: bool = False, plots: bool = True,
+                groups: dict[str, list[str]] | None = None) -> dict:
+    """Load, align, compare and write the report; returns the comparison dict.
+
+    ``groups`` (name -> run directories or eval files, one per seed) replaces ``runs_specs``.
+    """
     from alignlab.eval import report
 
     if n_resamples < 100:
         raise CompareError("--resamples must be at least 100")
     if not 0 < alpha < 1:
         raise CompareError("--alpha must be in (0, 1)")
-    runs = load_runs(runs_specs, task, labels)
+    members = None
+    if groups is not None:
+        if runs_specs:
+            raise CompareError(f"--group: give the runs inside --group NAME=RUN1,RUN2,... only; {runs_specs[0]} "
+                               "is also given on its own (put it in a group or leave it out)")
+        if labels is not None:
+            raise CompareError("--labels names single runs; with --group the group names are the labels")
+        runs, members = load_groups(groups, task)
+    else:
+        runs = load_runs(runs_specs, task, labels)
     ids, dropped = align(runs, intersection)
     result = compare_runs(runs, ids, metrics=metrics, baseline_only=baseline_only, seed=seed,
-                          n_resamples=n_resamples, alpha=alpha)
+                          n_resamples=n_resamples, alpha=alpha, groups=members)
     result["task"] = task
     result["ids_dropped"] = dropped
     result["intersection"] = intersection
@@ -307,6 +483,7 @@ def run_compare(runs_specs: list[str], task: str, out: str | Path, *, intersecti
     slim = dict(result)
     slim["comparisons"] = [{k: v for k, v in c.items() if k not in ("a_values", "b_values")}
                            for c in result["comparisons"]]
+    slim.pop("run_values", None)
     write_json(out_dir / "comparison.json", _jsonable(slim))
     return result
 
@@ -331,9 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     metrics = [s.strip() for s in args.metrics.split(",") if s.strip()] if args.metrics else None
     try:
+        groups = parse_group_args(args.group) if args.group is not None else None
         result = run_compare(args.runs, args.task, out, intersection=args.intersection, seed=args.seed,
                              n_resamples=args.resamples, alpha=args.alpha, labels=labels, metrics=metrics,
-                             baseline_only=args.baseline, plots=not args.no_plots)
+                             baseline_only=args.baseline, plots=not args.no_plots, groups=groups)
     except (CompareError, EvalFileError) as e:
         print(f"alignlab compare: error: {e}", file=sys.stderr)
         return 2

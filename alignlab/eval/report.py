@@ -36,7 +36,8 @@ def _fmt_p(p) -> str:
 
 
 def make_plots(result: dict, out_dir: Path) -> dict[str, Path]:
-    """distributions.png (per-example scores per run) and diff_<A>_vs_<B>.png (paired differences)."""
+    """distributions.png (per-example scores per run) and diff_<A>_vs_<B>.png (paired differences);
+    with groups, groups.png (per-seed means and the group mean with its t-interval across seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,6 +51,9 @@ def make_plots(result: dict, out_dir: Path) -> dict[str, Path]:
     for c in result["comparisons"]:
         values.setdefault((c["a"], c["metric"]), c["a_values"])
         values.setdefault((c["b"], c["metric"]), c["b_values"])
+    for lab, per_metric in (result.get("run_values") or {}).items():  # group mode: no run pairs
+        for m, v in per_metric.items():
+            values.setdefault((lab, m), v)
     ncols = min(3, len(metrics))
     nrows = math.ceil(len(metrics) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
@@ -104,7 +108,43 @@ def make_plots(result: dict, out_dir: Path) -> dict[str, Path]:
         fig.savefig(p, dpi=110)
         plt.close(fig)
         images[f"diff {b} - {a}"] = p
+    if result.get("groups"):
+        images["groups"] = _group_plot(result, out_dir, plt)
     return images
+
+
+def _group_plot(result: dict, out_dir: Path, plt) -> Path:
+    """groups.png: one panel per metric; bars = group mean with its t-interval, dots = seeds."""
+    metrics = result["metrics"]
+    names = list(result["groups"])
+    ncols = min(3, len(metrics))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False)
+    rng = np.random.default_rng(0)
+    conf = int(round(result["confidence"] * 100))
+    for ax, m in zip(axes.flat, metrics):
+        scale = result["scale"][m]
+        gs = [result["groups"][g]["metrics"].get(m) for g in names]
+        means = [np.nan if g is None else g["mean"] * scale for g in gs]
+        lo = [0 if g is None else (g["mean"] - g["ci_low"]) * scale for g in gs]
+        hi = [0 if g is None else (g["ci_high"] - g["mean"]) * scale for g in gs]
+        ax.bar(range(len(names)), means, yerr=[lo, hi], capsize=4, color="#7aa6c2")
+        for k, g in enumerate(gs):
+            if g is not None:
+                seeds = np.asarray(list(g["seed_means"].values())) * scale
+                ax.scatter(k + rng.uniform(-0.12, 0.12, seeds.size), seeds, s=14, color="#444", zorder=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"mean over seeds ({conf}% t-CI)", fontsize=8)
+        ax.set_title(display_name(m) + (" (points)" if scale != 1 else ""), fontsize=10)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"Groups of seeds (dots: one seed each), task {result['task']}", fontsize=11)
+    fig.tight_layout()
+    p = out_dir / "groups.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
 
 
 # ---------------------------------------------------------------------------- tables
@@ -141,6 +181,39 @@ def _diff_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _group_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    conf = int(round(result["confidence"] * 100))
+    head = ["group", "metric", "seeds", "per-seed means", "mean ± SD", f"{conf}% t-CI over seeds"]
+    rows = []
+    for g, gr in result["groups"].items():
+        for m in result["metrics"]:
+            s = gr["metrics"].get(m)
+            if s is None:
+                continue
+            sc = result["scale"][m]
+            seeds = ", ".join(_fmt(v, sc) for v in s["seed_means"].values())
+            rows.append([g, display_name(m) + (" (x100)" if sc != 1 else ""), str(s["n_seeds"]), seeds,
+                         f"{_fmt(s['mean'], sc)} ± {_fmt(s['std'], sc)}",
+                         f"[{_fmt(s['ci_low'], sc)}, {_fmt(s['ci_high'], sc)}]"])
+    return head, rows
+
+
+def _group_diff_table(result: dict) -> tuple[list[str], list[list[str]]]:
+    conf = int(round(result["confidence"] * 100))
+    head = ["comparison", "metric", "seeds", "examples", "diff", f"{conf}% CI (hierarchical bootstrap)",
+            f"{conf}% CI (Welch)", "Welch t (df)", "p", "p (Holm)", "d (seeds)", "significant"]
+    rows = []
+    for c in result["group_comparisons"]:
+        sc = result["scale"][c["metric"]]
+        rows.append([f"{c['b']} - {c['a']}", display_name(c["metric"]), f"{c['seeds_b']} vs {c['seeds_a']}",
+                     str(c["n"]), ("+" if c["diff"] > 0 else "") + _fmt(c["diff"], sc),
+                     f"[{_fmt(c['ci_low'], sc)}, {_fmt(c['ci_high'], sc)}]",
+                     f"[{_fmt(c['welch_ci_low'], sc)}, {_fmt(c['welch_ci_high'], sc)}]",
+                     f"{_fmt(c['welch_t'], 1.0)} ({c['welch_df']:.1f})", _fmt_p(c["pvalue"]),
+                     _fmt_p(c["pvalue_holm"]), _fmt(c["d_seeds"], 1.0), "yes" if c["significant"] else "no"])
+    return head, rows
+
+
 def _corpus_table(result: dict) -> tuple[list[str], list[list[str]]] | None:
     corpus = result.get("corpus") or {}
     if not corpus:
@@ -172,6 +245,28 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 def _method_lines(result: dict) -> list[str]:
     conf = int(round(result["confidence"] * 100))
+    if result.get("mode") == "groups":
+        return [
+            f"Examples are paired by id ({result['n_examples']} examples shared by every run of every group"
+            + (", intersection of the runs' example sets" if result.get("intersection") else "") + ").",
+            "Each run is one training seed of its group. A seed's score is its mean over the examples; a group's "
+            f"mean ± SD and {conf}% t-interval are taken over its seeds (n = seeds, df = n - 1), so they "
+            "reflect training variance.",
+            "Primary test between groups: Welch's t-test over the per-seed means "
+            "(scipy.stats.ttest_ind, equal_var=False; seeds are the unit of replication).",
+            f"CI of the difference (later group minus earlier group): {conf}% percentile hierarchical bootstrap "
+            f"({result['n_resamples']} resamples, seed {result['seed']}): each resample draws seeds with "
+            "replacement within each group, then examples with replacement, the same examples for both groups. "
+            "It carries seed and test-set variance, but with few seeds it understates the seed level (its "
+            "bootstrap variance is (k-1)/k of the sample variance, without t's heavy tails), so the verdict "
+            "rests on the Welch test; the Welch interval over seed means is shown too.",
+            f"Holm correction across all {result['family_size']} group comparisons in this report "
+            f"(family-wise alpha {result['alpha']}); a difference is called significant only when its "
+            "Holm-adjusted Welch p is below alpha. Single runs are not tested against each other.",
+            "d (seeds) = difference of group means / pooled SD of the per-seed means (seed-level effect size).",
+            "Per-run means below carry bootstrap CIs over examples (test-set variance of that seed only).",
+            "Metrics on a 0-1 scale are shown in points (x100).",
+        ]
     return [
         f"Examples are paired by id ({result['n_examples']} shared examples"
         + (", intersection of the runs' example sets" if result.get("intersection") else "") + ").",
@@ -189,9 +284,11 @@ def _method_lines(result: dict) -> list[str]:
 
 def _header_lines(result: dict) -> list[str]:
     lines = []
+    group_of = {lab: g for g, gr in (result.get("groups") or {}).items() for lab in gr["runs"]}
     for lab, r in result["runs"].items():
         drop = result.get("ids_dropped", {}).get(lab, 0)
-        lines.append(f"{lab}: {r['path']} ({r['n_rows']} rows" + (f", {drop} not shared" if drop else "") + ")")
+        grp = f" [group {group_of[lab]}]" if lab in group_of else ""
+        lines.append(f"{lab}{grp}: {r['path']} ({r['n_rows']} rows" + (f", {drop} not shared" if drop else "") + ")")
     return lines
 
 
@@ -200,6 +297,12 @@ def write_reports(result: dict, out_dir: Path, images: dict[str, Path]) -> tuple
     run_head, run_rows = _run_table(result)
     diff_head, diff_rows = _diff_table(result)
     corpus = _corpus_table(result)
+    grouped = bool(result.get("groups"))
+    if grouped:
+        group_head, group_rows = _group_table(result)
+        gdiff_head, gdiff_rows = _group_diff_table(result)
+        group_intro = (f"Primary test: {result['group_test']}; CI of the difference: {result['group_ci']}; "
+                       f"Holm-corrected across {result['family_size']} comparisons.")
     note = result.get("sample_size_note")
 
     md = [f"# {title}", "", "Runs:", ""]
@@ -208,10 +311,14 @@ def write_reports(result: dict, out_dir: Path, images: dict[str, Path]) -> tuple
     if note:
         md += [f"> Note: {note}.", ""]
     md += ["## Verdicts", ""] + [f"- {v}" for v in result["verdicts"]] + [""]
+    if grouped:
+        md += ["## Groups", "", group_intro, "", "### Per group, across seeds", "", _md_table(group_head, group_rows),
+               "", "### Group differences", "", _md_table(gdiff_head, gdiff_rows), ""]
     md += ["## Metrics (mean, 95% bootstrap CI)", "", _md_table(run_head, run_rows), ""]
     if corpus:
         md += ["## Corpus-level safety metrics (x100, 95% bootstrap CI)", "", _md_table(*corpus), ""]
-    md += ["## Paired differences", "", _md_table(diff_head, diff_rows), ""]
+    if diff_rows:
+        md += ["## Paired differences", "", _md_table(diff_head, diff_rows), ""]
     if images:
         md += ["## Plots", ""]
         md += [f"![{name}]({p.name})" for name, p in images.items()] + [""]
@@ -231,10 +338,14 @@ def write_reports(result: dict, out_dir: Path, images: dict[str, Path]) -> tuple
     if note:
         h.append(f"<p class='note'>Note: {html.escape(note)}.</p>")
     h += ["<h2>Verdicts</h2><ul>"] + [f"<li>{html.escape(v)}</li>" for v in result["verdicts"]] + ["</ul>"]
+    if grouped:
+        h += ["<h2>Groups</h2>", f"<p>{html.escape(group_intro)}</p>", "<h3>Per group, across seeds</h3>",
+              _html_table(group_head, group_rows), "<h3>Group differences</h3>", _html_table(gdiff_head, gdiff_rows)]
     h += ["<h2>Metrics (mean, 95% bootstrap CI)</h2>", _html_table(run_head, run_rows)]
     if corpus:
         h += ["<h2>Corpus-level safety metrics (x100, 95% bootstrap CI)</h2>", _html_table(*corpus)]
-    h += ["<h2>Paired differences</h2>", _html_table(diff_head, diff_rows)]
+    if diff_rows:
+        h += ["<h2>Paired differences</h2>", _html_table(diff_head, diff_rows)]
     if images:
         h.append("<h2>Plots</h2>")
         for name, p in images.items():

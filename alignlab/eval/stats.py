@@ -16,6 +16,11 @@ References
 - McNemar (1947), Psychometrika 12:153; Edwards (1948) continuity correction.
 - Holm (1979), "A simple sequentially rejective multiple test procedure", Scand. J. Statist.
 - Dror et al. (2018), "The Hitchhiker's Guide to Testing Statistical Significance in NLP" (ACL).
+- Welch (1947), "The generalization of 'Student's' problem when several different population
+  variances are involved", Biometrika 34:28.
+- Davison & Hinkley (1997), *Bootstrap Methods and their Application*, sec. 3.8 (hierarchical data);
+  Saravanan, Berman & Sober (2020), "Application of the hierarchical bootstrap to multi-level data
+  in neuroscience", Neurons, Behavior, Data analysis, and Theory 3(5).
 """
 from __future__ import annotations
 
@@ -73,6 +78,16 @@ class McNemar(_Result):
     statistic: float
     pvalue: float
     exact: bool
+
+
+@dataclass(frozen=True)
+class WelchTTest(_Result):
+    statistic: float
+    pvalue: float
+    df: float
+    mean_diff: float
+    ci_low: float
+    ci_high: float
 
 
 @dataclass(frozen=True)
@@ -320,6 +335,93 @@ def aggregate_seeds(values: ArrayLike, *, confidence: float = 0.95) -> SeedAggre
     sd = float(x.std(ddof=1))
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
     return SeedAggregate(m, sd, n, m - half, m + half, confidence)
+
+
+def welch_ttest(a: ArrayLike, b: ArrayLike, *, confidence: float = 0.95) -> WelchTTest:
+    """Welch's unequal-variance t-test of H0: mean(b) = mean(a), two-sided (Welch 1947).
+
+    scipy.stats.ttest_ind(b, a, equal_var=False): t = (mean(b) - mean(a)) / sqrt(s_a^2/n_a + s_b^2/n_b)
+    with the Welch-Satterthwaite df; the CI of mean(b) - mean(a) is scipy's t-interval. Used with
+    one value per training seed (the unpaired samples are the seeds of two methods). When neither
+    sample has any spread the test is degenerate: p = 1 if the means are equal, else p = 0, with a
+    zero-width interval (as in ``paired_ttest``).
+    """
+    a, b = _as_1d(a, "a"), _as_1d(b, "b")
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"Welch's t-test needs at least 2 values per sample, got {a.size} and {b.size}")
+    md = float(b.mean() - a.mean())
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        return WelchTTest(0.0 if md == 0 else math.copysign(math.inf, md), 1.0 if md == 0 else 0.0,
+                          float(a.size + b.size - 2), md, md, md)
+    res = stats.ttest_ind(b, a, equal_var=False)
+    ci = res.confidence_interval(confidence_level=confidence)
+    return WelchTTest(float(res.statistic), float(res.pvalue), float(res.df), md, float(ci.low), float(ci.high))
+
+
+def hierarchical_bootstrap_ci(a: np.ndarray, b: np.ndarray, *, confidence: float = 0.95,
+                              n_resamples: int = 10_000, seed: int = 0) -> BootstrapCI:
+    """Two-level (seeds, then examples) percentile bootstrap CI of mean(b) - mean(a).
+
+    a: (k_a, n), b: (k_b, n) per-example scores, one row per training seed, columns paired by
+    example. Each resample draws k_a rows of a and k_b rows of b with replacement (independently:
+    the seeds of two methods are unrelated), then n columns with replacement, the *same* columns for
+    both (keeping the pairing over examples), and takes mean(b rows, columns) - mean(a rows, columns).
+    The interval so carries training-seed variance and test-set sampling variance (Davison &
+    Hinkley 1997, sec. 3.8; Saravanan et al. 2020). ``estimate`` is b.mean() - a.mean(). With few
+    seeds the seed level is under-dispersed (its bootstrap variance is (k-1)/k of the sample
+    variance), so pair it with a test across seeds (``welch_ttest``). Deterministic given ``seed``.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"a and b must be (seeds, examples) with the same examples, got {a.shape} and {b.shape}")
+    if a.size == 0 or b.size == 0:
+        raise ValueError("hierarchical_bootstrap_ci needs at least one seed and one example per group")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("a or b contains NaN or infinite values; drop those examples before testing")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    (k_a, n), k_b = a.shape, b.shape[0]
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    chunk = max(1, min(n_resamples, 4_000_000 // n))
+    for start in range(0, n_resamples, chunk):
+        c = min(chunk, n_resamples - start)
+        w_a = rng.multinomial(k_a, np.full(k_a, 1.0 / k_a), size=c) / k_a  # (c, k_a) seed weights
+        w_b = rng.multinomial(k_b, np.full(k_b, 1.0 / k_b), size=c) / k_b  # (c, k_b)
+        d = w_b @ b - w_a @ a                                               # (c, n) per-example diffs
+        idx = rng.integers(0, n, size=(c, n))                               # shared example draws
+        diffs[start:start + c] = np.take_along_axis(d, idx, axis=1).mean(axis=1)
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(diffs, [alpha / 2, 1 - alpha / 2])
+    return BootstrapCI(float(b.mean() - a.mean()), float(lo), float(hi), confidence, n_resamples, int(n))
+
+
+def group_comparison(a: np.ndarray, b: np.ndarray, *, n_resamples: int = 10_000, seed: int = 0,
+                     confidence: float = 0.95) -> dict:
+    """All statistics for one metric between two groups of seed runs on the same examples.
+
+    a: (k_a, n), b: (k_b, n) as in ``hierarchical_bootstrap_ci``; k_a, k_b >= 2. The primary test is
+    Welch's t-test over the per-seed means (``pvalue``, to be Holm-corrected by the caller); the CI
+    of the difference comes from the hierarchical bootstrap; ``d_seeds`` is the pooled-SD Cohen's d
+    over seed means (training-seed scale, not example scale).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] < 2 or b.shape[0] < 2:
+        raise ValueError(f"each group needs at least 2 seeds (rows), got shapes {a.shape} and {b.shape}")
+    seeds_a, seeds_b = a.mean(axis=1), b.mean(axis=1)  # (k_a,), (k_b,)
+    wt = welch_ttest(seeds_a, seeds_b, confidence=confidence)
+    boot = hierarchical_bootstrap_ci(a, b, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return {
+        "n": int(a.shape[1]), "seeds_a": int(a.shape[0]), "seeds_b": int(b.shape[0]),
+        "seed_means_a": seeds_a.tolist(), "seed_means_b": seeds_b.tolist(),
+        "mean_a": float(a.mean()), "mean_b": float(b.mean()), "diff": boot.estimate,
+        "ci_low": boot.low, "ci_high": boot.high, "ci_method": "hierarchical bootstrap (seeds, then examples)",
+        "welch_t": wt.statistic, "welch_df": wt.df, "welch_ci_low": wt.ci_low, "welch_ci_high": wt.ci_high,
+        "d_seeds": cohens_d_pooled(seeds_a, seeds_b),
+        "test": "Welch t over seeds", "pvalue": wt.pvalue,
+    }
 
 
 # ---------------------------------------------------------------------------- power
