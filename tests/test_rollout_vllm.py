@@ -108,6 +108,7 @@ def test_to_rollout_cuts_like_the_hf_backend_and_orders_by_index(model_tok):
 
 def test_vllm_without_cuda_or_without_vllm_is_a_clear_error(tmp_path, qwen_dir, monkeypatch, capsys):
     monkeypatch.setattr(rollout_vllm, "_cuda_available", lambda: False)
+    monkeypatch.setattr(rollout_vllm, "_vllm_cpu_build", lambda: False)
     assert cli.main(grpo_args(tmp_path, qwen_dir, "nocuda", **{"sampling.backend": "vllm"})) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "sampling.backend=hf" in err
