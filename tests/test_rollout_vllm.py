@@ -112,7 +112,7 @@ def test_vllm_without_cuda_or_without_vllm_is_a_clear_error(tmp_path, qwen_dir, 
     assert cli.main(grpo_args(tmp_path, qwen_dir, "nocuda", **{"sampling.backend": "vllm"})) == 2
     err = capsys.readouterr().err
     assert "needs a CUDA GPU" in err and "sampling.backend=hf" in err
-    assert not (tmp_path / "nocuda/checkpoints").exists()
+    assert not (tmp_path / "nocuda").exists()  # refused before the run directory or a model
     monkeypatch.setattr(rollout_vllm, "_cuda_available", lambda: True)
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     assert cli.main(grpo_args(tmp_path, qwen_dir, "novllm", **{"sampling.backend": "vllm"})) == 2
