@@ -406,11 +406,21 @@ class PPOSection(Strict):
     lam: float = Field(0.95, ge=0, le=1)
     whiten_advantages: bool = True
     early_stop_kl: float | None = Field(None, gt=0, description="stop a rollout's epochs when approx KL exceeds it")
+    critic: Literal["shared", "separate", "lora_adapters"] = Field(
+        "shared", description="shared: a value head on the policy's own trunk; separate: a second causal LM "
+        "(ppo.critic_path) + value head, with its own LoRA when lora.enabled; lora_adapters: one frozen base, "
+        "a 'value' LoRA adapter beside the policy's (needs lora.enabled=true)")
+    critic_path: str | None = Field(None, description="ppo.critic=separate: the critic's starting model "
+                                    "(a local folder or tiny:<arch>); null: model.path. Must share the policy's tokenizer")
+    critic_lr: float | None = Field(None, gt=0, description="lr of the value head and critic trunk / value adapter; "
+                                    "null: optim.lr (one schedule scales both)")
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "PPOSection":
         if self.rollout_size % self.minibatch_seqs:
             raise ValueError(f"rollout_size={self.rollout_size} is not a multiple of minibatch_seqs={self.minibatch_seqs}")
+        if self.critic_path is not None and self.critic != "separate":
+            raise ValueError(f"ppo.critic_path only applies to ppo.critic=separate (ppo.critic is {self.critic})")
         return self
 
 
@@ -423,6 +433,13 @@ class PPOConfig(RunBase):
     ppo: PPOSection = Field(default_factory=PPOSection)
     training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+
+    @model_validator(mode="after")
+    def _critic(self) -> "PPOConfig":
+        if self.ppo.critic == "lora_adapters" and not self.lora.enabled:
+            raise ValueError("ppo.critic=lora_adapters needs lora.enabled=true (policy and value are two LoRA adapters "
+                             "on one frozen base); without LoRA use ppo.critic=shared or ppo.critic=separate")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,9 +38,11 @@ def lr_multiplier(step: int, total_steps: int, warmup: int, schedule: str, min_l
     raise ValueError(f"unknown schedule {schedule!r}")
 
 
-def build(model, cfg: OptimConfig, total_steps: int):
-    """-> (AdamW, LambdaLR). fused/foreach kernels are chosen by torch for the device."""
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+def build(model, cfg: OptimConfig, total_steps: int, groups: list[dict] | None = None):
+    """-> (AdamW, LambdaLR) over `model`'s parameters, or over explicit `groups` (e.g. PPO's critic at
+    its own lr); one schedule scales every group. fused/foreach kernels are chosen by torch."""
+    groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
     warm = warmup_steps(cfg, total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_multiplier(s, total_steps, warm, cfg.schedule, cfg.min_lr_ratio)

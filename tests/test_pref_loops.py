@@ -132,23 +132,169 @@ def test_ppo_with_lora_and_the_heuristic_reward(tmp_path, qwen_dir):
     assert "reward/heuristic" in train[0]
 
 
-def test_ppo_resume_is_exact(tmp_path, qwen_dir):
+def weights(folder):
+    """{name: tensor} of every *.safetensors file in a checkpoint folder (not its subfolders)."""
+    from safetensors.torch import load_file
+
+    return {f"{f.name}:{k}": v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+
+CRITIC_RUNS = {"shared": {}, "separate": {"ppo.critic": "separate"},
+               "lora_adapters": {"ppo.critic": "lora_adapters", "lora.enabled": "true", "lora.r": 4}}
+
+
+@pytest.mark.parametrize("critic", list(CRITIC_RUNS))
+def test_ppo_resume_is_exact(tmp_path, qwen_dir, critic):
     class Stop:
         def on_save(self, ctx, step, path):
-            if step == 1:
+            if step == 2:
                 raise KeyboardInterrupt
 
-    from alignlab.config import PPOConfig, load_config
+    from alignlab.config import ConfigError, PPOConfig, load_config
     from alignlab.train import ppo
 
-    mk = lambda name: load_config(PPOConfig, "ppo_tiny", ppo_args(tmp_path, qwen_dir, name, **{
-        "training.save_every": 1, "optim.lr": 1e-3})[3:])
+    mk = lambda name, **kw: load_config(PPOConfig, "ppo_tiny", ppo_args(tmp_path, qwen_dir, name, **{  # noqa: E731
+        "training.total_steps": 4, "training.save_every": 2, "optim.lr": 1e-3, "reward.source": "heuristic",
+        **CRITIC_RUNS[critic], **kw})[3:])
     ppo.main(mk("s"))
     with pytest.raises(KeyboardInterrupt):
         ppo.main(mk("p"), hooks=[Stop()])
     ppo.main(mk("p"))
-    get = lambda d: [(r["reward/score"], r["value/loss"]) for r in tracking.read_metrics(tmp_path / d) if "reward/score" in r]
-    assert get("s") == get("p")
+    get = lambda d: [(r["reward/score"], r["value/loss"], r["loss/policy"])  # noqa: E731
+                     for r in tracking.read_metrics(tmp_path / d) if "reward/score" in r]
+    assert len(get("s")) == 4 and get("s") == get("p")
+    sub = {"shared": None, "separate": "critic", "lora_adapters": "value"}[critic]
+    for d in ([""] if sub is None else ["", sub]):  # the policy, then the critic model or value adapter
+        a, b = weights(tmp_path / "s/checkpoints/step_4" / d), weights(tmp_path / "p/checkpoints/step_4" / d)
+        assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), d
+    heads = [torch.load(tmp_path / f"{d}/checkpoints/step_4/trainer_state.pt", weights_only=False)["extra"]["value_head"]
+             for d in ("s", "p")]
+    assert heads[0]["weight"].abs().sum() > 0 and all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    other = "shared" if critic != "shared" else "separate"
+    with pytest.raises(ConfigError, match=f"written with ppo.critic={critic}"):  # another critic layout is refused
+        ppo.main(mk("p", **{"ppo.critic": other, "training.total_steps": 6}))
+
+
+def test_ppo_lora_adapters_train_both_adapters_and_the_policy_still_loads_alone(tmp_path, qwen_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert cli.main(ppo_args(tmp_path, qwen_dir, "two", **{
+        "ppo.critic": "lora_adapters", "lora.enabled": "true", "lora.r": 4, "reward.source": "heuristic",
+        "optim.lr": 1e-3, "training.total_steps": 1})) == 0
+    train = [r for r in tracking.read_metrics(tmp_path / "two") if "reward/score" in r]
+    assert len(train) == 1 and PPO_KEYS <= set(train[0])
+    ckpt = tmp_path / "two/checkpoints/step_1"
+    policy, value = weights(ckpt), weights(ckpt / "value")
+    assert policy.keys() == value.keys()  # the same LoRA layout, saved apart
+    for w in (policy, value):  # B starts at 0 in both adapters: one PPO step moved each
+        assert all(v.abs().sum() > 0 for k, v in w.items() if "lora_B" in k)
+    assert not any(torch.equal(policy[k], value[k]) for k in policy)
+    base = AutoModelForCausalLM.from_pretrained(qwen_dir)
+    sd = {k: v.clone() for k, v in base.state_dict().items()}
+    m = PeftModel.from_pretrained(base, ckpt)  # plain peft: the root is the policy adapter alone
+    assert list(m.peft_config) == ["default"]
+    for n, p in m.named_parameters():
+        if "lora_" not in n:  # the shared base is frozen
+            assert torch.equal(p, sd[n.replace("base_model.model.", "").replace(".base_layer", "")])
+    m.load_adapter(str(ckpt / "value"), adapter_name="value")  # and the critic's adapter loads beside it
+    assert set(m.peft_config) == {"default", "value"}
+
+
+def test_ppo_separate_critic_gets_its_own_lora_and_saves_it_beside_the_policy(tmp_path, qwen_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert cli.main(ppo_args(tmp_path, qwen_dir, "sep", **{
+        "ppo.critic": "separate", "ppo.critic_path": str(qwen_dir), "ppo.critic_lr": 1e-2, "lora.enabled": "true",
+        "lora.r": 4, "reward.source": "heuristic", "optim.lr": 1e-3})) == 0
+    train = [r for r in tracking.read_metrics(tmp_path / "sep") if "reward/score" in r]
+    assert len(train) == 2 and all(PPO_KEYS <= set(r) for r in train)
+    ckpt = tmp_path / "sep/checkpoints/step_2"
+    assert all(v.abs().sum() > 0 for k, v in weights(ckpt / "critic").items() if "lora_B" in k)
+    for folder in (ckpt, ckpt / "critic"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(qwen_dir), folder)
+
+
+@pytest.mark.parametrize("critic", ["separate", "lora_adapters"])
+def test_each_ppo_loss_reaches_only_its_own_model(tmp_path, qwen_dir, critic):
+    """The policy loss never updates the critic, the value loss never the policy (gradient routing)."""
+    from alignlab import models, optim
+    from alignlab.config import PPOConfig, load_config
+    from alignlab.train import ppo
+
+    cfg = load_config(PPOConfig, "ppo_tiny", ppo_args(tmp_path, qwen_dir, critic, **CRITIC_RUNS[critic])[3:])
+    policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, "fp32")
+    critic_model = ppo.load_critic(cfg, policy, tok, "fp32", None)
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+    torch.nn.init.normal_(value_head.weight)  # a zero head would send the trunk no gradient at all
+    trainable = torch.nn.ModuleDict({"policy": policy, "value": value_head})
+    if critic_model is not policy:
+        trainable["critic"] = critic_model
+    critic_params = ppo.critic_parameters(critic, critic_model, value_head)
+    opt, sched = ppo.build_optimizer(trainable, critic_params, cfg, 10)
+    ids = torch.randint(3, len(tok), (2, 6), generator=torch.Generator().manual_seed(0))
+    mb = {"input_ids": ids, "labels": ids.roll(-1, 1), "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():  # the KL reference (lora_adapters: both adapters off, which freezes all but the active one)
+        ppo.reference_logps(policy, None if critic == "lora_adapters" else policy, mb, 1.0, critic)
+    in_critic = {id(p) for p in critic_params}
+    policy_params = [p for p in trainable.parameters() if p.requires_grad and id(p) not in in_critic]
+    assert policy_params and len(critic_params) > 2 and all(p.requires_grad for p in critic_params)
+    for loss_of, moved, kept in (("policy", policy_params, critic_params), ("value", critic_params, policy_params)):
+        before = [p.detach().clone() for p in kept]
+        out, values = ppo.forward(policy, critic_model, value_head, mb, 1.0, prec, device, entropy=False, mode=critic)
+        loss = -out["log_probs"].mean() if loss_of == "policy" else ((values - 1) ** 2).mean()
+        loss.backward()
+        assert all(p.grad is None for p in kept), loss_of
+        assert sum(p.grad.abs().sum() for p in moved if p.grad is not None) > 0, loss_of
+        optim.step(trainable, opt, sched, 1.0)
+        assert all(torch.equal(a, p) for a, p in zip(before, kept)), loss_of
+    if critic == "lora_adapters":
+        assert policy.active_adapter == "default"
+
+
+def test_lora_adapters_value_gradient_is_exact_under_activation_checkpointing(tmp_path, qwen_dir):
+    """Checkpointing recomputes the value forward during backward: it must run with the value adapter."""
+    from alignlab import models
+    from alignlab.config import PPOConfig, load_config
+    from alignlab.train import ppo
+
+    cfg = load_config(PPOConfig, "ppo_tiny", ppo_args(tmp_path, qwen_dir, "gc", **CRITIC_RUNS["lora_adapters"],
+                                                      **{"model.gradient_checkpointing": "true"})[3:])
+    policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, "fp32")
+    ppo.load_critic(cfg, policy, tok, "fp32", None)
+    with torch.no_grad():  # the two adapters must differ, or the wrong one gives the same activations
+        for n, p in policy.named_parameters():
+            if "lora_B.default" in n:
+                p.normal_(generator=torch.Generator().manual_seed(1))
+    value_head = torch.nn.Linear(policy.config.hidden_size, 1)
+    torch.nn.init.normal_(value_head.weight)
+    ids = torch.randint(3, len(tok), (2, 6), generator=torch.Generator().manual_seed(0))
+    mb = {"input_ids": ids, "labels": ids.roll(-1, 1), "attention_mask": torch.ones_like(ids)}
+
+    def grads(training: bool) -> dict:  # transformers checkpoints layers in training mode only
+        policy.train(training)
+        policy.zero_grad(set_to_none=True)
+        out, values = ppo.forward(policy, policy, value_head, mb, 1.0, prec, device, entropy=False, mode="lora_adapters")
+        ppo.backward_by_adapter(policy, -out["log_probs"].mean(), ((values - 1) ** 2).mean())
+        return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+
+    checkpointed, plain = grads(True), grads(False)
+    assert checkpointed.keys() == plain.keys() and any(ppo.is_value_adapter(n) for n in plain)
+    assert all(torch.allclose(checkpointed[n], plain[n], rtol=1e-4, atol=1e-6) for n in plain)
+
+
+def test_ppo_critic_options_are_checked(tmp_path):
+    from alignlab.config import ConfigError, PPOConfig, load_config
+
+    with pytest.raises(ConfigError, match="ppo.critic=lora_adapters needs lora.enabled=true"):
+        load_config(PPOConfig, "ppo_tiny", ["ppo.critic=lora_adapters"])
+    with pytest.raises(ConfigError, match="ppo.critic_path only applies to ppo.critic=separate"):
+        load_config(PPOConfig, "ppo_tiny", ["ppo.critic_path=tiny:qwen2"])
+    with pytest.raises(ConfigError, match="ppo.critic"):
+        load_config(PPOConfig, "ppo_tiny", ["ppo.critic=value_head"])
+    cfg = load_config(PPOConfig, "ppo_tiny", ["ppo.critic=lora_adapters", "lora.enabled=true"])
+    assert cfg.ppo.critic == "lora_adapters" and load_config(PPOConfig, "ppo_tiny", []).ppo.critic == "shared"
 
 
 def test_pipeline_sft_rm_ppo_then_resumes_stage_by_stage(tmp_path, qwen_dir, prefs):
