@@ -63,6 +63,31 @@ def test_yaml_is_a_valid_sft_config(capsys, tmp_path):
     assert cfg.optim.lr == data["optim"]["lr"] and cfg.training.precision == "bf16"
 
 
+@pytest.mark.parametrize("task", ["dpo", "grpo", "ppo"])
+def test_yaml_loads_with_the_matching_command_schema(capsys, tmp_path, task):
+    config = pytest.importorskip("alignlab.config")
+    path = tmp_path / f"{task}.yaml"
+    rc, _, _ = run(capsys, "--model", "Qwen/Qwen2.5-Math-1.5B", "--method", "lora", "--task", task, "--gpu", "A100-40GB",
+                   "--yaml", str(path))
+    assert rc == 0
+    rc, out, _ = run(capsys, "--model", "Qwen/Qwen2.5-Math-1.5B", "--method", "lora", "--task", task, "--gpu", "A100-40GB",
+                     "--json")
+    rec = {r["key"]: r["value"] for r in json.loads(out)["recommendations"]}
+    schema = {"dpo": config.DPOConfig, "grpo": config.GRPOConfig, "ppo": config.PPOConfig}[task]
+    cfg = config.load_config(schema, path)  # strict: an unknown key would raise here
+    eff = rec["micro_batch_seqs"] * rec["grad_accum_steps"]
+    assert cfg.optim.lr == rec["lr"] and cfg.training.total_steps == rec["total_steps"]
+    if task == "dpo":
+        assert (cfg.training.global_batch_pairs, cfg.training.micro_batch_pairs) == (eff, rec["micro_batch_seqs"])
+    elif task == "grpo":
+        assert cfg.rl.prompts_per_step * cfg.rl.group_size == eff and cfg.rl.micro_batch_seqs == rec["micro_batch_seqs"]
+        assert cfg.rl.kl_coef == rec["kl_coef"] > 0  # the plan keeps a reference in memory, so the config uses it
+        assert cfg.sampling.batch_size * cfg.rl.group_size == rec["rollout_batch"]
+    else:
+        assert (cfg.ppo.rollout_size, cfg.ppo.minibatch_seqs) == (eff, rec["micro_batch_seqs"])
+        assert cfg.ppo.critic == "separate"  # the plan's default PPO memory includes a separate value model
+
+
 def test_rl_and_dpo_plans(capsys):
     rc, out, _ = run(capsys, "--model", "Qwen/Qwen2.5-Math-1.5B", "--method", "lora", "--task", "grpo", "--gpu", "A100-40GB",
                      "--prompt-len", "256", "--gen-len", "1024", "--json")
@@ -124,3 +149,37 @@ def test_measure_on_cpu_prints_predicted_vs_measured(capsys, tmp_path):
     assert "predicted vs measured" in out and "peak" in out
     errors = [float(x) for x in re.findall(r"peak\W+[\d.]+\W+[\d.]+\W+([+-]\d+\.\d)%", out)]
     assert len(errors) == 1 and abs(errors[0]) < 5, out
+
+
+def test_vllm_rollout_plan_reserves_the_engine_and_writes_a_loadable_config(capsys, tmp_path):
+    config = pytest.importorskip("alignlab.config")
+    args = ["--model", "Qwen/Qwen2.5-Math-1.5B", "--method", "lora", "--task", "grpo", "--gpu", "H100",
+            "--gen-len", "1024", "--rollout-backend", "vllm"]
+    rc, out, _ = run(capsys, *args, "--json")
+    d = json.loads(out)
+    rec = {r["key"]: r["value"] for r in d["recommendations"]}
+    util = rec["vllm_gpu_memory_utilization"]
+    assert rc == 0 and 0 < util < 1 and not d["warnings"]
+    phases = {p["name"]: p for p in d["phases"]}
+    assert "rollout (vLLM engine)" in phases and "rollout generation" not in phases  # no KV cache in the trainer
+    hf = json.loads(run(capsys, *args[:-2], "--json")[1])
+    hf_rec = {r["key"]: r["value"] for r in hf["recommendations"]}
+    assert rec["micro_batch_seqs"] <= hf_rec["micro_batch_seqs"]  # training shares the device with the engine
+    assert d["peak_gib"] > hf["peak_gib"]
+    path = tmp_path / "v.yaml"
+    assert run(capsys, *args, "--yaml", str(path))[0] == 0
+    cfg = config.load_config(config.GRPOConfig, path)
+    assert cfg.sampling.backend == "vllm" and cfg.sampling.vllm.gpu_memory_utilization == util
+    assert cfg.sampling.vllm.max_model_len == 256 + 1024
+
+
+def test_vllm_plan_warns_when_the_engine_cannot_hold_the_step(capsys):
+    rc, out, _ = run(capsys, "--model", "Qwen/Qwen2.5-Math-1.5B", "--method", "lora", "--task", "grpo", "--gpu", "T4",
+                     "--gen-len", "4096", "--rollout-backend", "vllm", "--vllm-gpu-util", "0.3", "--json")
+    d = json.loads(out)
+    assert any("at a time" in w or "cannot hold" in w for w in d["warnings"]), d["warnings"]
+    rc, _, err = run(capsys, "--model", "Qwen/Qwen3-0.6B", "--task", "grpo", "--gpu", "T4", "--rollout-backend", "vllm",
+                     "--vllm-gpu-util", "1.5")
+    assert rc == 2 and "--vllm-gpu-util 1.5" in err
+    rc, _, err = run(capsys, "--model", "Qwen/Qwen3-0.6B", "--task", "grpo", "--gpu", "CPU", "--rollout-backend", "vllm")
+    assert rc == 2 and "CUDA" in err

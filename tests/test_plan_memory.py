@@ -5,7 +5,7 @@ import pytest
 
 from alignlab.plan.arch import arch_from_config, load_arch
 from alignlab.plan.hardware import lookup_gpu
-from alignlab.plan.memory import Setup, estimate, weights_by_dtype
+from alignlab.plan.memory import GiB, Setup, estimate, weights_by_dtype
 from alignlab.plan.recommend import Options, choose_precision, make_plan
 
 GEMMA = load_arch("google/gemma-3-1b-it")
@@ -128,3 +128,21 @@ def test_prediction_within_5_percent_of_a_measured_cpu_step(model_type, method, 
     for ph in ("forward", "backward", "optimizer"):
         assert pred.peak_of(ph) == pytest.approx(meas.phases[ph], rel=0.05), ph
     assert pred.peak == pytest.approx(meas.peak, rel=0.05)
+
+
+@pytest.mark.parametrize("sleep", [False, True])
+def test_vllm_engine_is_held_in_every_phase_unless_it_sleeps(sleep):
+    eng = 10 * GiB
+    s = Setup(method="lora", task="grpo", device="cuda", precision="bf16", rollout_batch=64, micro_batch=4,
+              rollout_backend="vllm", vllm_engine_bytes=eng, vllm_sleep=sleep)
+    e = estimate(QWEN, s)
+    names = {p.name for p in e.phases}
+    assert "rollout (vLLM engine)" in names and not names & {"rollout generation", "rollout prefill"}
+    assert "kv_cache" not in e.terms
+    assert e.phase("rollout (vLLM engine)").parts["vllm_engine"] == eng
+    train = [p for p in e.phases if p.name.startswith(("forward", "backward", "optimizer"))]
+    assert train and all(("vllm_engine" in p.parts) is (not sleep) for p in train)
+    hf = estimate(QWEN, Setup(method="lora", task="grpo", device="cuda", precision="bf16", rollout_batch=64, micro_batch=4))
+    train_peak = max(p.total for p in train)
+    hf_train_peak = max(p.total for p in hf.phases if p.name.startswith(("forward", "backward", "optimizer")))
+    assert train_peak == pytest.approx(hf_train_peak + (0 if sleep else eng), rel=1e-9)

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref-precomputed", action="store_true", help="DPO: reference log-probs computed beforehand")
     p.add_argument("--no-value-model", action="store_true", help="PPO without a separate value model")
     p.add_argument("--reward-model", action="store_true", help="RL with a learned reward model on the device")
+    p.add_argument("--rollout-backend", default="hf", help="RL: hf (generate() in the training process) | vllm "
+                   "(a colocated vLLM engine; its gpu_memory_utilization is recommended)")
+    p.add_argument("--vllm-gpu-util", type=float, default=None, help="vllm: fix gpu_memory_utilization (0-1)")
+    p.add_argument("--vllm-sleep", action="store_true", help="vllm: the engine frees its memory while training")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print the plan as JSON")
     out.add_argument("--yaml", nargs="?", const="-", default=None, metavar="PATH",
@@ -108,6 +112,7 @@ def _setup_from_args(args, arch, gpu, precision: str) -> Setup:
         loss_impl=args.loss_impl, chunk_tokens=args.chunk_tokens, padded=not args.no_padding, attn_impl=args.attn,
         prompt_len=args.prompt_len, gen_len=gen, ref_model=not args.no_ref, ref_precomputed=args.ref_precomputed,
         value_model=not args.no_value_model, reward_model=args.reward_model,
+        rollout_backend=args.rollout_backend, vllm_sleep=args.vllm_sleep,
     )
 
 
@@ -125,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = Options(target_batch=args.target_batch, margin=args.margin, micro_batch=args.micro_batch,
                        grad_ckpt=args.grad_ckpt, lr_scaling=args.lr_scaling, base_lr=args.base_lr,
                        base_batch=args.base_batch, dataset_size=args.dataset_size, epochs=args.epochs,
-                       group_size=args.group_size)
+                       group_size=args.group_size, vllm_util=args.vllm_gpu_util)
+        if args.vllm_gpu_util is not None and not 0 < args.vllm_gpu_util < 1:
+            raise PlanError(f"--vllm-gpu-util {args.vllm_gpu_util} must be in (0, 1)")
         setup.validate()
         plan = make_plan(arch, gpu, setup, opts, why)
     except PlanError as exc:

@@ -59,6 +59,9 @@ class Setup:
     ref_precomputed: bool = False  # DPO: reference log-probs computed before training
     value_model: bool = True  # PPO: a separate value model of the same architecture
     reward_model: bool = False  # PPO/GRPO: a learned reward model of the same architecture
+    rollout_backend: str = "hf"  # hf: generate() in the training process | vllm: a colocated vLLM engine
+    vllm_engine_bytes: float = 0.0  # vllm: the engine's reservation (gpu_memory_utilization x device memory)
+    vllm_sleep: bool = False  # vllm: the engine frees its memory while the policy trains (sleep level 2)
 
     def validate(self) -> None:
         _choice("method", self.method, ("full", "lora", "qlora"))
@@ -70,6 +73,9 @@ class Setup:
         _choice("optim_impl", self.optim_impl, OPTIM_IMPLS)
         _choice("loss_impl", self.loss_impl, ("chunked", "full"))
         _choice("attn_impl", self.attn_impl, ("sdpa", "flash_attention_2"))
+        _choice("rollout_backend", self.rollout_backend, ("hf", "vllm"))
+        if self.rollout_backend == "vllm" and self.device != "cuda":
+            raise PlanError("--rollout-backend vllm plans a CUDA device; use the hf backend on this device")
         if self.micro_batch < 1 or self.seq_len < 1 or self.grad_accum < 1:
             raise PlanError("micro_batch, seq_len and grad_accum must be >= 1")
         if self.method == "qlora" and self.device != "cuda":
@@ -522,6 +528,9 @@ def _rl_terms_and_phases(est: Estimate, arch: Arch, s: Setup, dt: dict) -> None:
             out += 2 * R * min(n_tok, w) * arch.kv_dim * a
         return out
 
+    if s.rollout_backend == "vllm":
+        _vllm_phases(est, arch, s, a, base_parts(t, extra_persistent, R * Ltot), add)
+        return
     kv = kv_bytes(Ltot)
     add("kv_cache", f"KV cache ({R} sequences x {Ltot} tokens)", kv,
         f"sum over layers 2 x {R} x min({Ltot}, window) x kv_heads {arch.kv_heads} x head_dim {arch.head_dim} x {a} B",
@@ -543,6 +552,37 @@ def _rl_terms_and_phases(est: Estimate, arch: Arch, s: Setup, dt: dict) -> None:
                                                 "prefill": prefill, "sampling": sampling}))
     est.phases.append(Phase("rollout generation", {**base, "kv_cache": kv, "sampling": sampling}))
     nt = s.micro_batch * Ltot
+    score = _nograd_forward(arch, nt, a, s)
+    add("score_forward", "old/ref log-prob scoring (no grad) working set", score, f"{nt:,} tokens per scoring micro-batch",
+        "transient")
+    est.phases.append(Phase("scoring old/ref log-probs", {**base, "score_forward": score}))
+
+
+def base_parts(t: dict, extra_persistent: dict, rollout_tokens: int) -> dict[str, float]:
+    base = {k: t[k].bytes for k in ("weights", "lora_weights", "master", "optimizer") if k in t}
+    base.update(extra_persistent)
+    base["rollout_store"] = rollout_tokens * (8 * 2 + 4 * 3)
+    return base
+
+
+def _vllm_phases(est: Estimate, arch: Arch, s: Setup, a: int, base: dict[str, float], add) -> None:
+    """A colocated vLLM engine: its reservation (weights, activations and the KV-cache pool, all inside
+    `gpu_memory_utilization`) is held for the whole run, or only while rolling out with sleep mode.
+    The training process itself keeps no KV cache or sampling buffers."""
+    eng = s.vllm_engine_bytes
+    add("vllm_engine", "vLLM engine (gpu_memory_utilization x device memory)", eng,
+        "its own weights copy + activations + KV-cache pool" + ("; freed while training (sleep)" if s.vllm_sleep else ""),
+        "transient" if s.vllm_sleep else "persistent")
+    add("rollout_store", "rollout buffers (ids, masks, old/ref log-probs, advantages)", base["rollout_store"],
+        "rollout tokens x (2 x 8 + 3 x 4) B", "persistent")
+    for ph in est.phases:
+        ph.parts["rollout_store"] = base["rollout_store"]
+        if not s.vllm_sleep:
+            ph.parts["vllm_engine"] = eng
+    est.phases.append(Phase("rollout (vLLM engine)", {**base, "vllm_engine": eng}))
+    if not s.vllm_sleep:
+        base = {**base, "vllm_engine": eng}
+    nt = s.micro_batch * (s.prompt_len + s.gen_len)
     score = _nograd_forward(arch, nt, a, s)
     add("score_forward", "old/ref log-prob scoring (no grad) working set", score, f"{nt:,} tokens per scoring micro-batch",
         "transient")

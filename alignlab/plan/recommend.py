@@ -50,6 +50,7 @@ class Options:
     epochs: float | None = None
     group_size: int | None = None  # GRPO completions per prompt
     max_micro_batch: int = 256
+    vllm_util: float | None = None  # --rollout-backend vllm: fix gpu_memory_utilization instead of choosing it
 
 
 @dataclass
@@ -146,6 +147,10 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
         if target % g:
             raise PlanError(f"--target-batch {target} is not a multiple of the group size {g}")
     rl = task in ("grpo", "ppo")
+    engine = None
+    if rl and setup.rollout_backend == "vllm":
+        engine = _vllm_engine(arch, gpu, setup, target, budget, opts)
+        setup = replace(setup, vllm_engine_bytes=engine["bytes"])
     found, est, ck_reason = search(arch, replace(setup, rollout_batch=1) if rl else setup, target, budget, opts)
     fits = found is not None
     s = found or est.setup
@@ -216,8 +221,15 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
         g = opts.group_size or 8
         R(Rec("group_size", g, f"{g} completions per prompt: the group baseline needs several samples"))
         R(Rec("prompts_per_step", eff // g, f"{eff} sequences per step / group {g}"))
+        R(Rec("kl_coef", 0.04 if s.ref_model else 0.0,
+              "DeepSeekMath's 0.04, with the reference this memory plan includes" if s.ref_model else
+              "--no-ref: no KL term (as in DAPO and Dr. GRPO), no reference in memory"))
+    if engine is not None:
+        _vllm_recs(plan, engine, s, eff, usable)
     if rl:
-        rb, why = _rollout_batch(arch, s, budget, eff)
+        rb, why = _rollout_batch(arch, s, budget, eff) if engine is None else (
+            eff, f"vLLM: the step's {eff} sequences in one generate() call; its KV pool runs "
+                 f"{engine['concurrency']} at a time")
         R(Rec("rollout_batch", rb, why))
         plan.numbers["rollout_batch"] = rb
         s = replace(s, rollout_batch=rb)
@@ -233,6 +245,63 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
     plan.numbers.update(target_batch=target, effective_batch=eff, budget_gib=budget / GiB, usable_gib=usable / GiB,
                         peak_gib=peak / GiB, peak_phase=est.peak_phase.name)
     return plan
+
+
+VLLM_PROFILE_TOKENS = 8192  # tokens of the engine's profiling forward (its max_num_batched_tokens), assumed
+VLLM_FIXED = 0.5 * GiB  # CUDA graphs, sampler and engine buffers, assumed
+
+
+def _vllm_engine(arch: Arch, gpu: GPU, setup: Setup, target: int, budget: float, opts: Options) -> dict:
+    """What a colocated vLLM engine needs, and the gpu_memory_utilization to give it: the largest
+    share (in steps of 0.05) up to the one that runs all of a step's sequences at once, at which the
+    training phases still fit next to it (with sleep mode only the rollout phase must)."""
+    from .memory import _nograd_forward, BYTES
+
+    total = gpu.memory_gib * GiB
+    a = BYTES[setup.precision]  # vLLM runs in the compute dtype
+    weights = estimate(arch, replace(setup, rollout_backend="hf")).params["total"] * a
+    act = _nograd_forward(arch, VLLM_PROFILE_TOKENS, a, setup, logits_tokens=256)
+    kv_seq = estimate(arch, replace(setup, rollout_backend="hf", rollout_batch=1)).terms["kv_cache"].bytes
+    need = lambda n: weights + act + VLLM_FIXED + n * kv_seq  # noqa: E731
+    lo = math.ceil(need(1) / total * 20) / 20
+    hi = min(0.95, math.ceil(need(target) / total * 20) / 20)
+    if opts.vllm_util is not None:
+        utils = [opts.vllm_util]
+    else:
+        utils = [round(u / 20, 2) for u in range(round(hi * 20), round(lo * 20) - 1, -1)] or [lo]
+    chosen = utils[-1]
+    for u in utils:
+        found, _, _ = search(arch, replace(setup, rollout_batch=1, vllm_engine_bytes=u * total), target, budget, opts)
+        if found is not None:
+            chosen = u
+            break
+    eng = chosen * total
+    return {"util": chosen, "bytes": eng, "weights": weights, "act": act, "kv_seq": kv_seq,
+            "concurrency": max(0, int((eng - weights - act - VLLM_FIXED) // kv_seq)), "need_all": need(target),
+            "given": opts.vllm_util is not None}
+
+
+def _vllm_recs(plan: "Plan", e: dict, s: Setup, eff: int, usable: float) -> None:
+    Ltot = s.prompt_len + s.gen_len
+    why = (f"engine {e['bytes'] / GiB:.1f} GiB = weights {e['weights'] / GiB:.1f} + activations ~{e['act'] / GiB:.1f} "
+           f"+ fixed ~{VLLM_FIXED / GiB:.1f} + KV pool for {e['concurrency']} sequences of {Ltot} tokens "
+           f"({eff} per step)" + ("; as requested" if e["given"] else
+                                  "; the smallest share (0.05 steps) that runs them all at once" if e["concurrency"] >= eff
+                                  else "; the largest share at which training still fits next to it"))
+    plan.recs.append(Rec("vllm_gpu_memory_utilization", e["util"], why))
+    plan.recs.append(Rec("vllm_sleep", s.vllm_sleep, "frees the engine while training: training gets its memory back, "
+                         "each rollout re-pushes the weights" if s.vllm_sleep else
+                         "engine stays resident: no re-push, but training shares the device with it"))
+    if e["concurrency"] < 1:
+        plan.warnings.append(f"vLLM's share {e['util']:.2f} cannot hold its weights plus one {Ltot}-token sequence; "
+                             "raise --vllm-gpu-util, use --vllm-sleep, or shorten the sequences")
+    elif e["concurrency"] < eff:
+        plan.warnings.append(f"vLLM runs {e['concurrency']} of the step's {eff} sequences at a time; "
+                             f"{e['need_all'] / GiB:.1f} GiB would run them all at once")
+    startup = sum(plan.est.terms[k].bytes for k in ("weights", "lora_weights", "master") if k in plan.est.terms)
+    if startup + e["bytes"] > usable:
+        plan.warnings.append(f"vLLM checks free memory at start-up: the policy ({startup / GiB:.1f} GiB) plus the engine's "
+                             f"{e['bytes'] / GiB:.1f} GiB exceed {usable / GiB:.1f} GiB usable, so it will refuse to start")
 
 
 def _rollout_batch(arch: Arch, s: Setup, budget: float, eff: int) -> tuple[int, str]:

@@ -43,13 +43,20 @@ def to_json(plan: Plan) -> str:
 
 
 def to_yaml(plan: Plan, model_path: str) -> str:
-    """A config for the matching alignlab command (the SFT schema of alignlab/config.py)."""
+    """A config that the matching alignlab command loads as it is (`alignlab <task> -c FILE`).
+
+    The planner's sequences per optimizer step and per forward map onto each schema:
+    sft training.global/micro_batch_seqs; dpo training.global/micro_batch_pairs; grpo
+    rl.prompts_per_step x rl.group_size and rl.micro_batch_seqs; ppo ppo.rollout_size and
+    ppo.minibatch_seqs (one forward per optimizer step). The rollout batch becomes the prompts per
+    generate() call (sampling.batch_size)."""
     import yaml
 
     s = plan.setup
     lora = s.method in ("lora", "qlora")
     dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.weight_dtype]
     name = f"{model_path.rstrip('/').split('/')[-1]}-{s.task}-{s.method}".replace(" ", "_").replace("(", "").replace(")", "")
+    eff = s.micro_batch * s.grad_accum
     cfg: dict[str, Any] = {
         "name": name,
         "model": {"path": model_path, "dtype": dtype, "gradient_checkpointing": bool(s.grad_ckpt),
@@ -59,25 +66,38 @@ def to_yaml(plan: Plan, model_path: str) -> str:
         "optim": {"lr": plan.rec("lr"), "weight_decay": plan.rec("weight_decay"), "betas": plan.rec("adam_betas"),
                   "eps": plan.rec("adam_eps"), "max_grad_norm": plan.rec("max_grad_norm"), "schedule": "cosine",
                   "warmup_ratio": plan.rec("warmup_ratio"), "min_lr_ratio": plan.rec("min_lr_ratio")},
-        "training": {"total_steps": plan.rec("total_steps"),
-                     "global_batch_seqs": s.micro_batch * s.grad_accum,
-                     "micro_batch_seqs": s.micro_batch, "precision": s.precision},
-        "data": {"max_seq_len": s.seq_len if s.task in ("sft", "dpo") else s.prompt_len + s.gen_len},
     }
-    if s.task == "grpo":
-        cfg["grpo"] = {"group_size": plan.rec("group_size"), "prompts_per_step": plan.rec("prompts_per_step"),
-                       "rollout_batch_seqs": plan.rec("rollout_batch"), "max_prompt_len": s.prompt_len,
-                       "max_new_tokens": s.gen_len}
-    elif s.task == "ppo":
-        cfg["ppo"] = {"rollout_batch_seqs": plan.rec("rollout_batch"), "max_prompt_len": s.prompt_len,
-                      "max_new_tokens": s.gen_len}
+    training: dict[str, Any] = {"total_steps": plan.rec("total_steps"), "precision": s.precision}
+    if s.task == "sft":
+        training.update(global_batch_seqs=eff, micro_batch_seqs=s.micro_batch)
+        cfg["data"] = {"max_seq_len": s.seq_len}
     elif s.task == "dpo":
-        cfg["dpo"] = {"beta": plan.rec("dpo_beta"), "precompute_ref_logps": bool(s.ref_precomputed)}
+        training.update(global_batch_pairs=eff, micro_batch_pairs=s.micro_batch)
+        cfg["data"] = {"max_seq_len": s.seq_len}
+        cfg["dpo"] = {"beta": plan.rec("dpo_beta"), "reference": "precomputed" if s.ref_precomputed else "auto"}
+    else:
+        rb = plan.rec("rollout_batch")
+        group = plan.rec("group_size") if s.task == "grpo" else 1
+        cfg["sampling"] = {"max_new_tokens": s.gen_len, "batch_size": max(1, rb // group)}
+        if s.rollout_backend == "vllm":
+            cfg["sampling"].update(backend="vllm", vllm={"gpu_memory_utilization": plan.rec("vllm_gpu_memory_utilization"),
+                                                         "sleep": bool(s.vllm_sleep),
+                                                         "max_model_len": s.prompt_len + s.gen_len})
+        if s.task == "grpo":
+            cfg["rl"] = {"prompts_per_step": plan.rec("prompts_per_step"), "group_size": group,
+                         "micro_batch_seqs": s.micro_batch, "kl_coef": plan.rec("kl_coef")}
+        else:
+            cfg["ppo"] = {"rollout_size": eff, "minibatch_seqs": s.micro_batch,
+                          "critic": "separate" if s.value_model else "shared"}
+            if not s.ref_model:
+                cfg["ppo"]["kl_coef"] = 0.0
+    cfg["training"] = training
     head = (f"# alignlab {s.task} config written by `alignlab plan` for {plan.gpu.name}: predicted peak "
-            f"{plan.est.peak / GiB:.2f} GiB of a {plan.budget / GiB:.2f} GiB budget ({plan.est.peak_phase.name}).\n")
-    if s.task != "sft":
-        head += (f"# Sections model/lora/optim/training/data follow alignlab/config.py; the '{s.task}' section uses the "
-                 "DESIGN.md names and is checked when that command loads the file.\n")
+            f"{plan.est.peak / GiB:.2f} GiB of a {plan.budget / GiB:.2f} GiB budget ({plan.est.peak_phase.name}).\n"
+            f"# Run it with: alignlab {s.task} -c FILE (add task/data keys for your dataset).\n")
+    if s.task in ("grpo", "ppo"):
+        head += (f"# Prompts are assumed <= {s.prompt_len} tokens; the planner sized the KV cache for "
+                 f"{s.prompt_len} + {s.gen_len} tokens per sequence.\n")
     return head + yaml.safe_dump(cfg, sort_keys=False)
 
 
