@@ -208,3 +208,18 @@ def test_expert_iteration_keeps_only_correct_distinct_samples(model_tok):
     kept = kept_examples([{"id": "q", "answer": "2"}], ro, scores, dedupe=True)
     assert len(kept) == 1 and kept[0].ids == [1, 2, 5, 3] and kept[0].n_prompt == 2
     assert len(kept_examples([{"id": "q", "answer": "2"}], ro, scores, dedupe=False)) == 2
+
+
+def test_grpo_trains_in_training_mode_so_gradient_checkpointing_applies(tmp_path, qwen_dir):
+    from alignlab.train import grpo
+
+    seen = []
+
+    class Probe:
+        def on_step_end(self, ctx, step, row):
+            seen.append((ctx.model.training, ctx.model.is_gradient_checkpointing, row["ratio/mean"]))
+
+    cfg = load_config(GRPOConfig, "grpo_tiny", grpo_args(tmp_path, qwen_dir, "ck", **{"model.gradient_checkpointing": "true"})[3:])
+    grpo.main(cfg, hooks=[Probe()])
+    # from_pretrained returns eval mode, where transformers skips checkpointing; dropout is off, so ratio stays 1
+    assert seen and all(s == (True, True, 1.0) for s in seen)
