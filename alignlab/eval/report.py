@@ -76,14 +76,8 @@ def make_plots(result: dict, out_dir: Path) -> dict[str, Path]:
         ax.set_xticks(range(1 if not binary else 0, len(labels) + (1 if not binary else 0)))
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
         ax.set_title(display_name(m) + (" (points)" if scale != 1 else ""), fontsize=10)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.suptitle(f"Per-example scores, task {result['task']}", fontsize=11)
-    fig.tight_layout()
-    p = out_dir / "distributions.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    images["distributions"] = p
+    images["distributions"] = _save_grid(fig, axes, len(metrics), f"Per-example scores, task {result['task']}",
+                                         out_dir / "distributions.png")
 
     by_pair: dict = {}
     for c in result["comparisons"]:
@@ -101,13 +95,7 @@ def make_plots(result: dict, out_dir: Path) -> dict[str, Path]:
             ax.axvspan(c["ci_low"] * scale, c["ci_high"] * scale, color="#c0392b", alpha=0.12, label="95% CI")
             ax.set_title(f"{display_name(c['metric'])}: {b} - {a}", fontsize=9)
             ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(cs):]:
-            ax.axis("off")
-        fig.tight_layout()
-        p = out_dir / f"diff_{_safe(a)}_vs_{_safe(b)}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        images[f"diff {b} - {a}"] = p
+        images[f"diff {b} - {a}"] = _save_grid(fig, axes, len(cs), None, out_dir / f"diff_{_safe(a)}_vs_{_safe(b)}.png")
     if result.get("groups"):
         images["groups"] = _group_plot(result, out_dir, plt)
     return images
@@ -137,14 +125,22 @@ def _group_plot(result: dict, out_dir: Path, plt) -> Path:
         ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel(f"mean over seeds ({conf}% t-CI)", fontsize=8)
         ax.set_title(display_name(m) + (" (points)" if scale != 1 else ""), fontsize=10)
-    for ax in list(axes.flat)[len(metrics):]:
+    return _save_grid(fig, axes, len(metrics), f"Groups of seeds (dots: one seed each), task {result['task']}",
+                      out_dir / "groups.png")
+
+
+def _save_grid(fig, axes, n_used: int, title: str | None, path: Path) -> Path:
+    """Blank the unused panels of a grid of plots, title it, write it, free it."""
+    import matplotlib.pyplot as plt
+
+    for ax in list(axes.flat)[n_used:]:
         ax.axis("off")
-    fig.suptitle(f"Groups of seeds (dots: one seed each), task {result['task']}", fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    p = out_dir / "groups.png"
-    fig.savefig(p, dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return p
+    return path
 
 
 # ---------------------------------------------------------------------------- tables
