@@ -71,14 +71,13 @@ def engine_model_folder(path: str) -> str:
     Only the architecture, config and tokenizer matter: the weights are pushed from the policy."""
     from .models import resolve_model_path
 
-    folder = resolve_model_path(path)
-    adapter_cfg = Path(folder) / "adapter_config.json"
-    if adapter_cfg.exists():
+    adapter_cfg = Path(path) / "adapter_config.json"  # an adapter folder has no config.json of its own
+    if adapter_cfg.is_file():
         base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
         if not base:
             raise ConfigError(f"{adapter_cfg} names no base_model_name_or_path; vLLM needs the base model folder")
-        folder = resolve_model_path(base)
-    return folder
+        return resolve_model_path(base)
+    return resolve_model_path(path)
 
 
 def vllm_weights(model) -> Iterator[tuple[str, torch.Tensor]]:

@@ -62,3 +62,17 @@ def test_eval_a_lora_run_loads_base_plus_adapter(tmp_path, qwen_dir):
                      "--resamples", "100"]) == 0
     summary = json.loads((tmp_path / "lora/eval/arithmetic.summary.json").read_text())
     assert summary["metrics"]["accuracy"]["n"] == 4
+
+
+def test_eval_model_accepts_an_adapter_folder(tmp_path, qwen_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.config import LoRAConfig
+    from alignlab.models import apply_lora
+
+    policy = apply_lora(AutoModelForCausalLM.from_pretrained(qwen_dir), LoRAConfig(enabled=True, r=4))
+    policy.save_pretrained(tmp_path / "adapter")  # adapter_config.json + weights, no config.json
+    AutoTokenizer.from_pretrained(qwen_dir).save_pretrained(tmp_path / "adapter")
+    assert cli.main(["eval", "--model", str(tmp_path / "adapter"), "--task", "arithmetic", "--max-examples", "8",
+                     "--max-new-tokens", "4", "--out", str(tmp_path / "ev"), "--resamples", "100"]) == 0
+    assert (tmp_path / "ev/eval/arithmetic.summary.json").exists()

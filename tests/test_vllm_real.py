@@ -55,3 +55,26 @@ def test_eval_backends_agree_on_greedy_outputs(tmp_path, qwen_dir):
             for b in ("hf", "vllm")}
     same = sum(a["outputs"] == b["outputs"] for a, b in zip(rows["hf"], rows["vllm"]))
     assert same >= 0.9 * len(rows["hf"])
+
+
+def test_eval_of_an_adapter_folder_pushes_the_merged_weights(tmp_path, qwen_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.config import LoRAConfig
+    from alignlab.models import apply_lora
+
+    policy = apply_lora(AutoModelForCausalLM.from_pretrained(qwen_dir), LoRAConfig(enabled=True, r=4, dropout=0.0))
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)  # an adapter that changes the outputs
+    policy.save_pretrained(tmp_path / "adapter")
+    AutoTokenizer.from_pretrained(qwen_dir).save_pretrained(tmp_path / "adapter")
+    outs = {}
+    for model, tag in ((qwen_dir, "base"), (tmp_path / "adapter", "hf"), (tmp_path / "adapter", "vllm")):
+        backend = "vllm" if tag == "vllm" else "hf"
+        assert cli.main(["eval", "--model", str(model), "--task", "arithmetic", "--backend", backend, "--max-examples", "32",
+                         "--max-new-tokens", "8", "--out", str(tmp_path / tag), "--resamples", "100"]) == 0
+        outs[tag] = [json.loads(x)["outputs"] for x in (tmp_path / tag / "eval/arithmetic.jsonl").read_text().splitlines()]
+    assert sum(a == b for a, b in zip(outs["hf"], outs["vllm"])) >= 0.9 * 32  # vLLM serves base + adapter
+    assert sum(a == b for a, b in zip(outs["base"], outs["vllm"])) < 0.9 * 32  # ... not the bare base

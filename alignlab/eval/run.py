@@ -31,6 +31,8 @@ def resolve_model(model: str | None, run: str | None) -> str:
         if not ckpts:
             raise FileNotFoundError(f"--run {run}: no checkpoints/step_N folder inside; evaluate a model with --model")
         return str(ckpts[-1][1])
+    if (Path(model) / "adapter_config.json").is_file():  # a LoRA adapter folder: its base is read when loading
+        return str(Path(model))
     return resolve_model_path(model)
 
 
