@@ -117,6 +117,25 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def adapter_base(path: str) -> str | None:
+    """The base model a LoRA adapter folder (adapter_config.json, no config.json) was trained on;
+    None for anything else."""
+    import json
+
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").is_file() or (p / "config.json").is_file():
+        return None
+    base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{p / 'adapter_config.json'} names no base_model_name_or_path; merge the adapter into its "
+                          "base with `alignlab merge-lora --base BASE` and start from the merged folder")
+    return base
+
+
+def _has_tokenizer(path: str) -> bool:
+    return (Path(path).expanduser() / "tokenizer_config.json").is_file()
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -192,11 +211,18 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
             model_cfg = model_cfg.model_copy(update={"path": str(resume_from)})
     device = pick_device(model_cfg.device)
     prec = pick_precision(model_cfg.dtype, precision, device, lora_cfg.enabled)
-    path = resolve_model_path(model_cfg.path)
-    tok = load_tokenizer(path)
+    start_adapter = adapter_base(model_cfg.path)  # e.g. a LoRA SFT checkpoint as the start of RL
+    path = resolve_model_path(start_adapter or model_cfg.path)
+    tok = load_tokenizer(model_cfg.path if start_adapter and _has_tokenizer(model_cfg.path) else path)
     if lora_cfg.qlora and not lora_cfg.enabled:
         raise ConfigError("lora.qlora=true needs lora.enabled=true")
+    if lora_cfg.qlora and start_adapter:
+        raise ConfigError(f"model.path={model_cfg.path!r} is a LoRA adapter folder, which cannot be merged into a 4-bit "
+                          f"base; merge it first (alignlab merge-lora --adapter {model_cfg.path} --out DIR) and start "
+                          "from DIR")
     model = load_causal_lm(path, model_cfg, device, prec.weights, quantize_4bit=lora_cfg.qlora)
+    if start_adapter:  # the starting model is base + adapter, folded in: new adapters / the reference start there
+        model = PeftModel.from_pretrained(model, model_cfg.path).merge_and_unload()
     if model_cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -28,7 +28,6 @@ Everything here but `VLLMSampler.__init__` and the engine calls runs without vLL
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -69,15 +68,9 @@ def check_available() -> None:
 def engine_model_folder(path: str) -> str:
     """The folder vLLM builds its engine from: the model's own, or the base of a LoRA adapter folder.
     Only the architecture, config and tokenizer matter: the weights are pushed from the policy."""
-    from .models import resolve_model_path
+    from .models import adapter_base, resolve_model_path
 
-    adapter_cfg = Path(path) / "adapter_config.json"  # an adapter folder has no config.json of its own
-    if adapter_cfg.is_file():
-        base = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
-        if not base:
-            raise ConfigError(f"{adapter_cfg} names no base_model_name_or_path; vLLM needs the base model folder")
-        return resolve_model_path(base)
-    return resolve_model_path(path)
+    return resolve_model_path(adapter_base(path) or path)
 
 
 def vllm_weights(model) -> Iterator[tuple[str, torch.Tensor]]:

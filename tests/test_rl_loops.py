@@ -9,6 +9,7 @@ from alignlab.config import GRPOConfig, TaskConfig, load_config
 from alignlab.data import DataError
 from alignlab.logprobs import get_response_log_probs
 from alignlab.tasks.arithmetic import arithmetic_reward
+from conftest import sft_overrides
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +224,25 @@ def test_grpo_trains_in_training_mode_so_gradient_checkpointing_applies(tmp_path
     grpo.main(cfg, hooks=[Probe()])
     # from_pretrained returns eval mode, where transformers skips checkpointing; dropout is off, so ratio stays 1
     assert seen and all(s == (True, True, 1.0) for s in seen)
+
+
+def test_rl_starts_from_a_lora_sft_checkpoint_folded_into_its_base(tmp_path, qwen_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.config import LoRAConfig, ModelConfig
+    from alignlab.models import load_policy
+
+    assert cli.main(["sft", "-c", "sft_tiny", *sft_overrides(tmp_path, qwen_dir, "sl", **{"lora.enabled": "true",
+                                                                                          "lora.r": 4})]) == 0
+    adapter = tmp_path / "sl/checkpoints/step_4"  # adapter_config.json, no config.json
+    policy, *_ = load_policy(ModelConfig(path=str(adapter)), LoRAConfig(enabled=False))
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(qwen_dir), str(adapter)).merge_and_unload()
+    want = merged.state_dict()
+    assert all(torch.allclose(v, want[k], atol=1e-6) for k, v in policy.state_dict().items())
+    assert any(not torch.equal(want[k], v) for k, v in AutoModelForCausalLM.from_pretrained(qwen_dir).state_dict().items())
+    # GRPO with fresh adapters on the folded model: its reference (adapters off) is the SFT result
+    args = grpo_args(tmp_path, adapter, "gl", **{"lora.enabled": "true", "lora.r": 4, "rl.kl_coef": 0.1})
+    assert cli.main(args) == 0
+    train = [r for r in tracking.read_metrics(tmp_path / "gl") if "reward/mean" in r]
+    assert train[0]["kl/ref"] == pytest.approx(0.0, abs=1e-6)
