@@ -184,3 +184,17 @@ def test_expert_iteration_and_eval_on_the_vllm_backend(tmp_path, qwen_dir, fake_
     (llm,) = fake_engine.instances
     assert "push" not in llm.events  # a saved full model: the engine's own weights are the model
     assert (tmp_path / "ev/eval/arithmetic.jsonl").exists()
+
+
+@pytest.mark.parametrize("critic", ["shared", "lora_adapters"])
+def test_ppo_on_the_vllm_backend_pushes_the_policy_not_the_value_adapter(tmp_path, qwen_dir, fake_engine, critic):
+    from test_pref_loops import ppo_args
+
+    extra = {"sampling.backend": "vllm", "training.total_steps": 2, "ppo.critic": critic}
+    if critic == "lora_adapters":
+        extra.update({"lora.enabled": "true", "lora.r": 4})
+    assert cli.main(ppo_args(tmp_path, qwen_dir, "pv", **extra)) == 0
+    (llm,) = fake_engine.instances
+    assert llm.events.count("push") >= 2  # the start, then after the first update
+    train = [r for r in tracking.read_metrics(tmp_path / "pv") if "reward/score" in r]
+    assert len(train) == 2 and all(r["mismatch/logp_abs_max"] < 1e-5 for r in train)

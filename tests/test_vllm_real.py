@@ -78,3 +78,18 @@ def test_eval_of_an_adapter_folder_pushes_the_merged_weights(tmp_path, qwen_dir)
         outs[tag] = [json.loads(x)["outputs"] for x in (tmp_path / tag / "eval/arithmetic.jsonl").read_text().splitlines()]
     assert sum(a == b for a, b in zip(outs["hf"], outs["vllm"])) >= 0.9 * 32  # vLLM serves base + adapter
     assert sum(a == b for a, b in zip(outs["base"], outs["vllm"])) < 0.9 * 32  # ... not the bare base
+
+
+def test_ei_and_ppo_run_on_real_vllm(tmp_path, qwen_dir, odd_length_reward):
+    ei = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "ei.n_ei_steps=2",
+          "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "ei.micro_batch_seqs=4",
+          "eval.max_examples=8", "task.arithmetic.n_eval=8", "sampling.max_new_tokens=4", "eval.max_new_tokens=4",
+          "sampling.backend=vllm", "sampling.vllm.enforce_eager=true"]
+    assert cli.main(ei) == 0 and len(tracking.read_metrics(tmp_path / "ei")) == 3
+    ppo = ["ppo", "-c", "ppo_tiny", f"out_dir={tmp_path}", "name=ppo", f"model.path={qwen_dir}", "training.total_steps=3",
+           "ppo.rollout_size=8", "ppo.minibatch_seqs=4", "ppo.num_ppo_epochs=2", "sampling.max_new_tokens=8",
+           "eval.max_examples=4", "eval.max_new_tokens=4", "task.arithmetic.n_eval=4", "training.eval_every=0",
+           "optim.lr=1e-3", "sampling.backend=vllm", "sampling.vllm.enforce_eager=true"]
+    assert cli.main(ppo) == 0
+    train = [r for r in tracking.read_metrics(tmp_path / "ppo") if "reward/score" in r]
+    assert len(train) == 3 and all(r["mismatch/logp_abs_mean"] < TOL for r in train)
