@@ -60,6 +60,9 @@ class RunBase(Strict):
     name: str = "run"
     out_dir: str = "runs"
     seed: int = 0
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list, description=(
+        "also send each metrics row to TensorBoard (run_dir/tensorboard) or W&B; metrics.jsonl stays the "
+        "source of truth"))
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
 

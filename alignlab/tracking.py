@@ -30,9 +30,10 @@ def seed_everything(seed: int) -> None:
 
 
 class Run:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, sinks: list | None = None):
         self.dir = Path(run_dir)
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.sinks = sinks or []  # TensorBoard / W&B: copies of each row; metrics.jsonl is the truth
 
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, "time": round(time.time(), 3)}
@@ -42,6 +43,10 @@ class Run:
             row[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {k: float(v) for k, v in row.items()
+                   if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for sink in self.sinks:
+            sink.log(step, scalars)
         return row
 
     def samples(self, step: int, rows: list[dict]) -> Path:
@@ -64,11 +69,62 @@ class Run:
         return step == total or (every > 0 and step % every == 0)
 
 
+class TensorBoardSink:
+    """Scalars to run_dir/tensorboard (`tensorboard --logdir runs`)."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+
+class WandbSink:
+    """One W&B run per run directory: its id is derived from the folder, so a resumed run continues
+    the same W&B run. Project from WANDB_PROJECT (default alignlab); WANDB_MODE=offline works offline."""
+
+    def __init__(self, cfg: Strict, run_dir: Path):
+        import hashlib
+        import os
+
+        import wandb
+
+        run_id = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "alignlab"), name=getattr(cfg, "name", None),
+                              id=run_id, resume="allow", dir=str(run_dir), config=cfg.model_dump(mode="json"),
+                              reinit="finish_previous")  # pipelines: one W&B run per stage
+        import atexit
+
+        atexit.register(self.run.finish)  # before wandb's own teardown (atexit is LIFO): the summary gets written
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        self.run.log(scalars, step=step)
+
+
+def check_report_to(cfg: Strict) -> None:
+    """A report_to destination whose package is missing is a ConfigError saying what to install."""
+    import importlib.util
+
+    from .config import ConfigError
+
+    for name in getattr(cfg, "report_to", []):
+        if importlib.util.find_spec(name) is None:  # the package is named as the destination
+            raise ConfigError(f"report_to=[{name}] needs the {name} package, which is not installed; "
+                              f"`pip install -e '.[{name}]'`, or drop {name} from report_to")
+
+
 def start(cfg: Strict, run_dir: Path, fresh: bool) -> Run:
     """Create the run dir, write the resolved config, seed. A fresh run starts a new metrics file."""
+    check_report_to(cfg)  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    run = Run(run_dir)
+    sinks = [TensorBoardSink(run_dir) if name == "tensorboard" else WandbSink(cfg, run_dir)
+             for name in getattr(cfg, "report_to", [])]
+    run = Run(run_dir, sinks)
     if fresh and run.metrics_path.exists():
         run.metrics_path.unlink()
     seed_everything(getattr(cfg, "seed", 0))
