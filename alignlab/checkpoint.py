@@ -40,11 +40,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra: dict | None = None,
-         scaler=None) -> Path:
+         scaler=None, submodels: dict | None = None) -> Path:
+    """One atomic step_N folder: the model at its root (loads with plain transformers / peft), each of
+    `submodels` (e.g. PPO's separate critic) in a subfolder of its name, and trainer_state.pt."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{step}"
     with atomic_dir(final) as tmp:
         save_model(model, tokenizer, tmp)
+        for name, sub in (submodels or {}).items():
+            save_model(sub, tokenizer, tmp / name)
         state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": rng_state(), "extra": extra or {}}
         if scaler is not None:

@@ -252,18 +252,6 @@ def build_optimizer(trainable, critic_params, cfg: PPOConfig, total_updates: int
     return optim.build(None, o, total_updates, groups=groups)
 
 
-class PolicyAndCritic:
-    """What `checkpoint.save` writes for a separate critic: the policy at the folder's root (loads with plain
-    transformers / peft, as ever) and the critic in critic/, inside the same atomic rename."""
-
-    def __init__(self, policy, critic, tok):
-        self.policy, self.critic, self.tok = policy, critic, tok
-
-    def save_pretrained(self, out_dir) -> None:
-        self.policy.save_pretrained(out_dir)
-        models.save_model(self.critic, self.tok, Path(out_dir) / CRITIC_DIR)
-
-
 def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     p, t, s = cfg.ppo, cfg.training, cfg.sampling
     task = tasks.load(cfg.task, cfg.seed)
@@ -400,8 +388,8 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                 bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if run.due(done, t.save_every, t.total_steps):
                 # lora_adapters: peft writes the value adapter to value/ beside the policy adapter at the root
-                to_save = PolicyAndCritic(policy, critic, tok) if p.critic == "separate" else policy
-                path = checkpoint.save(cfg.run_dir, done, to_save, tok, opt, sched, t.keep_last, scaler=scaler,
-                                       extra={"value_head": value_head.state_dict(), "kl_coef": kl_coef})
+                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler,
+                                       extra={"value_head": value_head.state_dict(), "kl_coef": kl_coef},
+                                       submodels={CRITIC_DIR: critic} if p.critic == "separate" else None)
                 H.call(hooks, "on_save", ctx, done, path)
     return cfg.run_dir
