@@ -137,6 +137,12 @@ def mismatch_stats(train_logps: torch.Tensor, sampling_logps: torch.Tensor, mask
             "mismatch/ratio_mean": d.exp().mean().item()}
 
 
+def step_seed(run_seed: int, step: int, draw: int = 0) -> int:
+    """The sampling seed of a loop's step (and of a redraw within it): rollouts are a function of
+    (run seed, step), so a resumed run samples what the uninterrupted one did (vLLM backend)."""
+    return run_seed * 7919 + step * 31 + draw
+
+
 class HFSampler:
     """`generate()` on the policy itself with transformers: nothing to sync after an update.
     (The torch RNG it samples with is saved in checkpoints, so `seed` is not needed for exact resume.)"""

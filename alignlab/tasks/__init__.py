@@ -70,3 +70,9 @@ def evaluate(policy, tokenizer, task: Task, *, max_examples: int, max_new_tokens
     n = max(len(items), 1)
     return {"eval/accuracy": sum(x["reward"] for x in scores) / n,
             "eval/format_rate": sum(x["format_reward"] for x in scores) / n}, rows
+
+
+def evaluate_run(policy, tokenizer, task: Task, cfg, sampler=None) -> tuple[dict, list[dict]]:
+    """`evaluate` with an RL config's settings (cfg.eval, cfg.sampling.stop): what GRPO, EI and PPO run."""
+    return evaluate(policy, tokenizer, task, max_examples=cfg.eval.max_examples, max_new_tokens=cfg.eval.max_new_tokens,
+                    batch_size=cfg.eval.batch_size, stop=cfg.sampling.stop, sampler=sampler)

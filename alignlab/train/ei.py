@@ -52,11 +52,8 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     hooks = H.load(t.hooks, hooks)
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
-    evaluate = lambda: tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples,  # noqa: E731
-                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop,
-                                      sampler=sampler)
     if start == 0:
-        metrics, rows = evaluate()
+        metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
 
@@ -66,7 +63,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
             examples = task.sample_train(e.questions_per_round, rnd)
             ro = sampler.generate([x["prompt"] for x in examples], max_new_tokens=s.max_new_tokens, n=e.group_size,
                                   temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
-                                  seed=cfg.seed * 7919 + rnd * 31)
+                                  seed=rollout.step_seed(cfg.seed, rnd))
             scores = [task.reward(c, examples[i // e.group_size]) for i, c in enumerate(ro.completions)]
             per_q = torch.tensor([x["reward"] for x in scores]).view(-1, e.group_size)
             items = kept_examples(examples, ro, scores, e.dedupe)
@@ -89,7 +86,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
             sampler.sync()  # vLLM: push the new weights before evaluating and the next round
             t2 = time.perf_counter()
             done = rnd + 1
-            metrics, rows = evaluate()
+            metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
             row = run.log(done, **metrics, **{
                 "ei/questions_with_correct_frac": (per_q.max(1).values > 0).float().mean().item(),
                 "ei/kept_samples": len(items), "ei/updates": n_updates,

@@ -70,7 +70,7 @@ def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
     examples = task.sample_train(rl.prompts_per_step, step)
     gen = dict(max_new_tokens=s.max_new_tokens, n=rl.group_size, temperature=s.temperature, top_p=s.top_p,
                stop=s.stop or task.stop, batch_size=s.batch_size, return_logprobs=True)
-    ro = sampler.generate([e["prompt"] for e in examples], seed=cfg.seed * 7919 + step * 31, **gen)
+    ro = sampler.generate([e["prompt"] for e in examples], seed=rollout.step_seed(cfg.seed, step), **gen)
     scores = [task.reward(c, examples[i // rl.group_size]) for i, c in enumerate(ro.completions)]
     rounds = 0
     while rl.dynamic_sampling and rounds < rl.max_resample_rounds:
@@ -79,7 +79,7 @@ def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
             break
         rounds += 1
         fresh = task.sample_train(len(dead), step * 1000 + rounds)
-        ro2 = sampler.generate([e["prompt"] for e in fresh], seed=cfg.seed * 7919 + step * 31 + rounds, **gen)
+        ro2 = sampler.generate([e["prompt"] for e in fresh], seed=rollout.step_seed(cfg.seed, step, rounds), **gen)
         for k, g in enumerate(dead):  # replace group g by fresh group k
             examples[g] = fresh[k]
             sl = slice(g * rl.group_size, (g + 1) * rl.group_size)
@@ -88,11 +88,6 @@ def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
                 getattr(ro, name)[sl] = getattr(ro2, name)[new]
             scores[sl] = [task.reward(c, fresh[k]) for c in ro2.completions[new]]
     return examples, ro, scores, rounds
-
-
-def evaluate(policy, tok, task, cfg: GRPOConfig, sampler=None):
-    return tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples, max_new_tokens=cfg.eval.max_new_tokens,
-                          batch_size=cfg.eval.batch_size, stop=cfg.sampling.stop, sampler=sampler)
 
 
 def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
@@ -116,7 +111,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
     if start == 0:
-        metrics, rows = evaluate(policy, tok, task, cfg, sampler)
+        metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
     n_seqs = rl.prompts_per_step * rl.group_size
@@ -213,7 +208,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             bar.update(bar.task_ids[0], advance=1, loss=f"r={rewards.mean().item():.3f}", tps=f"{row['tokens/per_s']:,.0f}")
             H.call(hooks, "on_step_end", ctx, done, row)
             if run.due(done, t.eval_every, t.total_steps):
-                metrics, rows = evaluate(policy, tok, task, cfg, sampler)
+                metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
                 run.log(done, **metrics)
                 run.samples(done, rows)
                 H.call(hooks, "on_eval", ctx, done, metrics)

@@ -289,11 +289,8 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     hooks = H.load(t.hooks, hooks)
     ctx = H.Context(cfg, run, policy, tok, opt)
     H.call(hooks, "on_start", ctx)
-    evaluate = lambda: tasks.evaluate(policy, tok, task, max_examples=cfg.eval.max_examples,  # noqa: E731
-                                      max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, stop=s.stop,
-                                      sampler=sampler)
     if start == 0:
-        metrics, rows = evaluate()
+        metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
 
@@ -303,7 +300,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
             examples = task.sample_train(p.rollout_size, step)
             ro = sampler.generate([e["prompt"] for e in examples], max_new_tokens=s.max_new_tokens, n=1,
                                   temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
-                                  return_logprobs=True, seed=cfg.seed * 7919 + step * 31)
+                                  return_logprobs=True, seed=rollout.step_seed(cfg.seed, step))
             t1 = time.perf_counter()
             scores, parts = score(examples, ro.completions)  # (B,)
             t2 = time.perf_counter()
@@ -381,7 +378,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
             bar.update(bar.task_ids[0], advance=1, loss=f"r={row['reward/score']:.3f}", tps=f"{row['tokens/per_s']:,.0f}")
             H.call(hooks, "on_step_end", ctx, done, row)
             if run.due(done, t.eval_every, t.total_steps):
-                metrics, rows = evaluate()
+                metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
                 run.log(done, **metrics)
                 run.samples(done, rows)
                 H.call(hooks, "on_eval", ctx, done, metrics)
