@@ -137,12 +137,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                     with prec.autocast_ctx(device):
                         if off_policy:  # same micro-batches as training, so epoch 0 is exactly on-policy
                             mb["old_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
-                        if rl.kl_coef > 0:
-                            if reference is None:
-                                with models.reference_mode(policy):
-                                    mb["ref_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
-                            else:
-                                mb["ref_logps"] = get_response_log_probs(reference, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
+                        if rl.kl_coef > 0:  # the frozen copy, or the LoRA policy with adapters off
+                            mb["ref_logps"] = models.reference_logps(policy, reference, mb, cfg.sampling.temperature)
             mask_all = batch["response_mask"]
             n_tokens = int(mask_all.sum())
             stats: dict[str, float] = {}

@@ -183,13 +183,9 @@ def check_resume_critic(resume_from: Path | None, mode: str) -> None:
 
 
 def reference_logps(policy, reference, batch, temperature: float, mode: str) -> torch.Tensor:
-    """(B, T) log-probs under the reference: the LoRA base with every adapter off, or the frozen copy."""
-    fwd = dict(attention_mask=batch["attention_mask"], temperature=temperature)
-    if reference is not None:
-        return get_response_log_probs(reference, batch["input_ids"], batch["labels"], **fwd)["log_probs"]
-    with models.reference_mode(policy):
-        logps = get_response_log_probs(policy, batch["input_ids"], batch["labels"], **fwd)["log_probs"]
-    if mode == "lora_adapters":  # leaving disable_adapter froze every adapter but the active one
+    """models.reference_logps, then both adapters trainable again (lora_adapters)."""
+    logps = models.reference_logps(policy, reference, batch, temperature)
+    if reference is None and mode == "lora_adapters":  # leaving disable_adapter froze every adapter but the active one
         train_both_adapters(policy)
     return logps
 
