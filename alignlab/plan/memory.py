@@ -528,18 +528,6 @@ def _rl_terms_and_phases(est: Estimate, arch: Arch, s: Setup, dt: dict) -> None:
             out += 2 * R * min(n_tok, w) * arch.kv_dim * a
         return out
 
-    if s.rollout_backend == "vllm":
-        _vllm_phases(est, arch, s, a, base_parts(t, extra_persistent, R * Ltot), add)
-        return
-    kv = kv_bytes(Ltot)
-    add("kv_cache", f"KV cache ({R} sequences x {Ltot} tokens)", kv,
-        f"sum over layers 2 x {R} x min({Ltot}, window) x kv_heads {arch.kv_heads} x head_dim {arch.head_dim} x {a} B",
-        "transient")
-    prefill = _nograd_forward(arch, R * s.prompt_len, a, s, logits_tokens=R)
-    sampling = R * V * 20
-    add("prefill", "prefill working set (one layer over all prompt tokens)", prefill,
-        f"{R} x {s.prompt_len} prompt tokens: residual, q/k/v, 3 x intermediate; last-token logits", "transient")
-    add("sampling", "sampling buffers", sampling, f"{R} x vocab x 20 B (fp32 logits, probs, top-p sort)", "transient")
     base = {k: t[k].bytes for k in ("weights", "lora_weights", "master", "optimizer") if k in t}
     base.update(extra_persistent)
     store = R * Ltot * (8 * 2 + 4 * 3)
@@ -548,9 +536,21 @@ def _rl_terms_and_phases(est: Estimate, arch: Arch, s: Setup, dt: dict) -> None:
     base["rollout_store"] = store
     for ph in est.phases:
         ph.parts["rollout_store"] = store
-    est.phases.append(Phase("rollout prefill", {**base, "kv_cache (prompt)": kv_bytes(s.prompt_len),
-                                                "prefill": prefill, "sampling": sampling}))
-    est.phases.append(Phase("rollout generation", {**base, "kv_cache": kv, "sampling": sampling}))
+    if s.rollout_backend == "vllm":
+        base = _vllm_phases(est, s, base, add)
+    else:
+        kv = kv_bytes(Ltot)
+        add("kv_cache", f"KV cache ({R} sequences x {Ltot} tokens)", kv,
+            f"sum over layers 2 x {R} x min({Ltot}, window) x kv_heads {arch.kv_heads} x head_dim {arch.head_dim} x {a} B",
+            "transient")
+        prefill = _nograd_forward(arch, R * s.prompt_len, a, s, logits_tokens=R)
+        sampling = R * V * 20
+        add("prefill", "prefill working set (one layer over all prompt tokens)", prefill,
+            f"{R} x {s.prompt_len} prompt tokens: residual, q/k/v, 3 x intermediate; last-token logits", "transient")
+        add("sampling", "sampling buffers", sampling, f"{R} x vocab x 20 B (fp32 logits, probs, top-p sort)", "transient")
+        est.phases.append(Phase("rollout prefill", {**base, "kv_cache (prompt)": kv_bytes(s.prompt_len),
+                                                    "prefill": prefill, "sampling": sampling}))
+        est.phases.append(Phase("rollout generation", {**base, "kv_cache": kv, "sampling": sampling}))
     nt = s.micro_batch * Ltot
     score = _nograd_forward(arch, nt, a, s)
     add("score_forward", "old/ref log-prob scoring (no grad) working set", score, f"{nt:,} tokens per scoring micro-batch",
@@ -558,35 +558,20 @@ def _rl_terms_and_phases(est: Estimate, arch: Arch, s: Setup, dt: dict) -> None:
     est.phases.append(Phase("scoring old/ref log-probs", {**base, "score_forward": score}))
 
 
-def base_parts(t: dict, extra_persistent: dict, rollout_tokens: int) -> dict[str, float]:
-    base = {k: t[k].bytes for k in ("weights", "lora_weights", "master", "optimizer") if k in t}
-    base.update(extra_persistent)
-    base["rollout_store"] = rollout_tokens * (8 * 2 + 4 * 3)
-    return base
-
-
-def _vllm_phases(est: Estimate, arch: Arch, s: Setup, a: int, base: dict[str, float], add) -> None:
+def _vllm_phases(est: Estimate, s: Setup, base: dict[str, float], add) -> dict[str, float]:
     """A colocated vLLM engine: its reservation (weights, activations and the KV-cache pool, all inside
     `gpu_memory_utilization`) is held for the whole run, or only while rolling out with sleep mode.
-    The training process itself keeps no KV cache or sampling buffers."""
+    The training process itself keeps no KV cache or sampling buffers. -> the parts alive after the
+    rollout (the engine's, unless it sleeps)."""
     eng = s.vllm_engine_bytes
     add("vllm_engine", "vLLM engine (gpu_memory_utilization x device memory)", eng,
         "its own weights copy + activations + KV-cache pool" + ("; freed while training (sleep)" if s.vllm_sleep else ""),
         "transient" if s.vllm_sleep else "persistent")
-    add("rollout_store", "rollout buffers (ids, masks, old/ref log-probs, advantages)", base["rollout_store"],
-        "rollout tokens x (2 x 8 + 3 x 4) B", "persistent")
-    for ph in est.phases:
-        ph.parts["rollout_store"] = base["rollout_store"]
-        if not s.vllm_sleep:
+    if not s.vllm_sleep:
+        for ph in est.phases:
             ph.parts["vllm_engine"] = eng
     est.phases.append(Phase("rollout (vLLM engine)", {**base, "vllm_engine": eng}))
-    if not s.vllm_sleep:
-        base = {**base, "vllm_engine": eng}
-    nt = s.micro_batch * (s.prompt_len + s.gen_len)
-    score = _nograd_forward(arch, nt, a, s)
-    add("score_forward", "old/ref log-prob scoring (no grad) working set", score, f"{nt:,} tokens per scoring micro-batch",
-        "transient")
-    est.phases.append(Phase("scoring old/ref log-probs", {**base, "score_forward": score}))
+    return base if s.vllm_sleep else {**base, "vllm_engine": eng}
 
 
 def _nograd_forward(arch: Arch, n_tokens: int, a: int, s: Setup, logits_tokens: int | None = None) -> float:
