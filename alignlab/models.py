@@ -328,17 +328,17 @@ def remove_adapter(model):
 
 def merge_adapter(adapter_dir: str, out_dir: str, base_path: str | None = None) -> Path:
     """Fold LoRA weights into the base and save a plain model folder (loads without peft)."""
-    import json
-
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    base = resolve_model_path(base_path or cfg["base_model_name_or_path"])
+    base_name = base_path or adapter_base(adapter_dir)
+    if not base_name:
+        raise ConfigError(f"{adapter_dir} is not a LoRA adapter folder (adapter_config.json without config.json)")
+    base = resolve_model_path(base_name)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(out_dir)
-    load_tokenizer(adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base).save_pretrained(out_dir)
+    load_tokenizer(adapter_dir if _has_tokenizer(adapter_dir) else base).save_pretrained(out_dir)
     return Path(out_dir)
 
 

@@ -11,7 +11,6 @@ and `<out>/eval/<task>.summary.json` (each metric's mean with a 95% bootstrap CI
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -24,14 +23,14 @@ TEXT_TASKS = ("safety", "summarization", "code")
 def resolve_model(model: str | None, run: str | None) -> str:
     """--run DIR -> its latest checkpoint; a folder -> itself; tiny:<arch> / hub ids via models."""
     from ..checkpoint import list_checkpoints
-    from ..models import resolve_model_path
+    from ..models import adapter_base, resolve_model_path
 
     if run:
         ckpts = list_checkpoints(Path(run))
         if not ckpts:
             raise FileNotFoundError(f"--run {run}: no checkpoints/step_N folder inside; evaluate a model with --model")
         return str(ckpts[-1][1])
-    if (Path(model) / "adapter_config.json").is_file():  # a LoRA adapter folder: its base is read when loading
+    if adapter_base(model):  # a LoRA adapter folder: its base is read when loading
         return str(Path(model))
     return resolve_model_path(model)
 
@@ -42,14 +41,13 @@ def load_for_inference(path: str):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ..models import load_tokenizer, pick_device, resolve_model_path
+    from ..models import adapter_base, load_tokenizer, pick_device, resolve_model_path
 
     device = pick_device("auto")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    adapter_cfg = Path(path) / "adapter_config.json"
-    if adapter_cfg.exists():
-        base = resolve_model_path(json.loads(adapter_cfg.read_text())["base_model_name_or_path"])
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), path)
+    base = adapter_base(path)
+    if base:
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=dtype), path)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     return model.to(device).eval(), load_tokenizer(path)
@@ -66,11 +64,11 @@ def make_eval_sampler(path: str, args):
     import torch
 
     from ..config import LoRAConfig, ModelConfig, VLLMConfig
-    from ..models import load_tokenizer
+    from ..models import adapter_base, load_tokenizer
     from ..rollout_vllm import VLLMSampler, check_available
 
     check_available()  # before loading anything
-    model, tok = load_for_inference(path) if (Path(path) / "adapter_config.json").exists() else (None, load_tokenizer(path))
+    model, tok = load_for_inference(path) if adapter_base(path) else (None, load_tokenizer(path))
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return VLLMSampler(model, tok, VLLMConfig(gpu_memory_utilization=args.gpu_memory_utilization),
                        model_cfg=ModelConfig(path=path), lora_cfg=LoRAConfig(), dtype=dtype, seed=args.seed)
