@@ -173,7 +173,6 @@ class VLLMSampler:
         # the folder's weights are the model (evaluation of a saved model), nothing is ever pushed.
         self.stale = policy is not None
         self.asleep = False
-        self.pushes = 0
 
     def sync(self) -> None:
         """The policy changed: push its weights before the next rollout."""
@@ -187,7 +186,7 @@ class VLLMSampler:
                                                            "is_checkpoint_format": True})
         self.llm.apply_model(refresh_tied_head)
         self.llm.reset_prefix_cache()
-        self.stale, self.pushes = False, self.pushes + 1
+        self.stale = False
 
     def _wake(self) -> None:
         if self.asleep:
