@@ -105,12 +105,7 @@ class TrainingConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "TrainingConfig":
-        if self.global_batch_seqs % self.micro_batch_seqs:
-            raise ValueError(
-                f"global_batch_seqs={self.global_batch_seqs} is not a multiple of micro_batch_seqs="
-                f"{self.micro_batch_seqs}; gradient accumulation needs a whole number of micro-batches "
-                f"(e.g. micro_batch_seqs={_largest_divisor(self.global_batch_seqs, self.micro_batch_seqs)})"
-            )
+        _check_multiple("global_batch_seqs", self.global_batch_seqs, "micro_batch_seqs", self.micro_batch_seqs)
         if self.total_steps is None and self.epochs is None:
             raise ValueError("set training.total_steps or training.epochs")
         return self
@@ -122,6 +117,14 @@ class TrainingConfig(Strict):
 
 def _largest_divisor(n: int, at_most: int) -> int:
     return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
+def _check_multiple(total_name: str, total: int, part_name: str, part: int) -> None:
+    """A step of `total` sequences (pairs) is run in pieces of `part`: it must divide, and the message
+    proposes the largest piece that does."""
+    if total % part:
+        raise ValueError(f"{total_name}={total} is not a multiple of {part_name}={part}; gradient accumulation "
+                         f"needs a whole number of micro-batches (e.g. {part_name}={_largest_divisor(total, part)})")
 
 
 class ArithmeticConfig(Strict):
@@ -218,10 +221,8 @@ class RLConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "RLConfig":
-        n = self.prompts_per_step * self.group_size
-        if n % self.micro_batch_seqs:
-            raise ValueError(f"prompts_per_step * group_size = {n} is not a multiple of micro_batch_seqs="
-                             f"{self.micro_batch_seqs} (e.g. micro_batch_seqs={_largest_divisor(n, self.micro_batch_seqs)})")
+        _check_multiple("prompts_per_step * group_size", self.prompts_per_step * self.group_size, "micro_batch_seqs",
+                        self.micro_batch_seqs)
         if self.advantage == "rloo" and self.group_size < 2:
             raise ValueError("advantage=rloo needs group_size >= 2")
         if self.normalize_by_std and self.group_size < 2:
@@ -272,9 +273,7 @@ class EIRoundConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "EIRoundConfig":
-        if self.global_batch_seqs % self.micro_batch_seqs:
-            raise ValueError(f"global_batch_seqs={self.global_batch_seqs} is not a multiple of micro_batch_seqs="
-                             f"{self.micro_batch_seqs}")
+        _check_multiple("global_batch_seqs", self.global_batch_seqs, "micro_batch_seqs", self.micro_batch_seqs)
         return self
 
 
@@ -312,10 +311,7 @@ class PrefTrainingConfig(RunConfig):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "PrefTrainingConfig":
-        if self.global_batch_pairs % self.micro_batch_pairs:
-            raise ValueError(f"global_batch_pairs={self.global_batch_pairs} is not a multiple of micro_batch_pairs="
-                             f"{self.micro_batch_pairs} (e.g. micro_batch_pairs="
-                             f"{_largest_divisor(self.global_batch_pairs, self.micro_batch_pairs)})")
+        _check_multiple("global_batch_pairs", self.global_batch_pairs, "micro_batch_pairs", self.micro_batch_pairs)
         if self.total_steps is None and self.epochs is None:
             raise ValueError("set training.total_steps or training.epochs")
         return self
@@ -420,8 +416,7 @@ class PPOSection(Strict):
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "PPOSection":
-        if self.rollout_size % self.minibatch_seqs:
-            raise ValueError(f"rollout_size={self.rollout_size} is not a multiple of minibatch_seqs={self.minibatch_seqs}")
+        _check_multiple("rollout_size", self.rollout_size, "minibatch_seqs", self.minibatch_seqs)
         if self.critic_path is not None and self.critic != "separate":
             raise ValueError(f"ppo.critic_path only applies to ppo.critic=separate (ppo.critic is {self.critic})")
         return self
