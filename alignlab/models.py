@@ -239,6 +239,9 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
             model = apply_lora(model, lora_cfg, quantized=lora_cfg.qlora)
         if model_cfg.gradient_checkpointing:
             model.enable_input_require_grads()
+    # Training mode: from_pretrained returns eval mode, where transformers skips gradient checkpointing.
+    # (RL loops disable dropout afterwards, so their forward stays deterministic.)
+    model.train()
     return model, tok, device, prec
 
 

@@ -41,7 +41,6 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
-    policy.train()  # SFT on the kept samples, as in the SFT loop (from_pretrained returns eval mode)
     sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     # An upper bound on updates (every sample correct) sizes the schedule.
     max_updates = e.n_ei_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)

@@ -97,7 +97,6 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
-    policy.train()  # dropout is off, so this only turns on gradient checkpointing where configured
     sampler = rollout.make_sampler(cfg.sampling, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     reference = None
     if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled

@@ -257,8 +257,6 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     critic = load_critic(cfg, policy, tok, t.precision, resume_from)  # `policy` itself unless ppo.critic=separate
     models.disable_dropout(policy)
-    policy.train()  # dropout is off, so this only turns on gradient checkpointing where configured
-    critic.train()
     sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     score = build_scorer(cfg, task, device, tok)
     hidden_size = critic.get_output_embeddings().weight.shape[1]
