@@ -54,6 +54,15 @@ def _chunk_logps(head, transform, h: torch.Tensor, labels: torch.Tensor, want_en
     return logp, (_entropy(logsm) if want_entropy else None)
 
 
+def _head_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype the head matmuls run in: the autocast dtype where autocast is on (as nn.Linear would),
+    else the wider of the two operands' dtypes."""
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(h.dtype, weight.dtype)
+
+
 class _FusedHeadLogProbs(torch.autograd.Function):
     """log_softmax(h W^T / T)[y] per token, chunk by chunk, with a hand-written backward.
 
@@ -61,41 +70,52 @@ class _FusedHeadLogProbs(torch.autograd.Function):
     softmax gradient in place, g (onehot(y) - p) / T. So nothing vocabulary-sized outlives a chunk, and
     autograd's gather and log-softmax buffers never exist. Entropy, when asked, is returned without
     gradient.
+
+    Precision: a custom Function does not inherit autocast in its backward, so the matmul dtype is fixed
+    once (`cdt`, the autocast dtype under autocast) and used explicitly in forward and backward: the
+    three head matmuls (logits, dh, dW) run on tensor cores in bf16/fp16, while the log-sum-exp, the
+    softmax gradient and the accumulation of dW over chunks stay in fp32.
     """
 
     @staticmethod
-    def forward(ctx, h, weight, labels, inv_temp: float, chunk: int, want_entropy: bool):
+    def forward(ctx, h, weight, labels, inv_temp: float, chunk: int, want_entropy: bool, cdt: torch.dtype):
         logps, ents = [], []
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
+            w = weight.to(cdt)  # one cast per call (autocast would cast per chunk)
             for s in range(0, h.shape[0], chunk):
-                logsm = torch.log_softmax((h[s : s + chunk] @ weight.T).float() * inv_temp, dim=-1)
+                # (n, V) logits in cdt, upcast; the temporary dies before log_softmax allocates its output
+                logsm = torch.log_softmax((h[s : s + chunk].to(cdt) @ w.T).float() * inv_temp, dim=-1)
                 logps.append(logsm.gather(-1, labels[s : s + chunk, None]).squeeze(-1))
                 if want_entropy:
                     ents.append(_entropy(logsm))
+            del w
         ctx.save_for_backward(h, weight, labels)
-        ctx.inv_temp, ctx.chunk = inv_temp, chunk
-        ent = torch.cat(ents) if want_entropy else h.new_zeros(0)
+        ctx.inv_temp, ctx.chunk, ctx.cdt = inv_temp, chunk, cdt
+        ent = torch.cat(ents) if want_entropy else h.new_zeros(0, dtype=torch.float32)
         ctx.mark_non_differentiable(ent)
         return torch.cat(logps), ent
 
     @staticmethod
     def backward(ctx, g, _g_ent):
         h, weight, labels = ctx.saved_tensors
+        cdt = ctx.cdt
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         dh = torch.empty_like(h) if need_h else None
-        dw = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        dw = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # fp32 accumulator
+        w = weight.to(cdt)
         for s in range(0, h.shape[0], ctx.chunk):
-            hc, gc = h[s : s + ctx.chunk], g[s : s + ctx.chunk].float()
-            p = torch.softmax((hc @ weight.T).float() * ctx.inv_temp, dim=-1)  # (n, V)
+            hc, gc = h[s : s + ctx.chunk].to(cdt), g[s : s + ctx.chunk].float()
+            p = torch.softmax((hc @ w.T).float() * ctx.inv_temp, dim=-1)  # (n, V) fp32
             p.mul_(-gc[:, None])
             p[torch.arange(len(gc), device=p.device), labels[s : s + ctx.chunk]] += gc
-            gz = (p * ctx.inv_temp).to(h.dtype)  # d loss / d logits
+            gz = (p * ctx.inv_temp).to(cdt)  # d loss / d logits
+            del p  # or the next chunk's logits are built while this still lives
             if need_h:
-                dh[s : s + ctx.chunk] = gz @ weight
+                dh[s : s + ctx.chunk] = gz @ w
             if need_w:
-                dw.addmm_(gz.T.float(), hc.float())
-            del p, gz  # or the next chunk's logits are built while these two still live (4 chunks, not 2)
-        return dh, (dw.to(weight.dtype) if need_w else None), None, None, None, None
+                dw.add_(gz.T @ hc)  # this chunk's product in cdt, summed over chunks in fp32
+            del gz
+        return dh, (dw.to(weight.dtype) if need_w else None), None, None, None, None, None
 
 
 def _fusable(head, config) -> bool:
@@ -144,7 +164,7 @@ def get_response_log_probs(
     grad = torch.is_grad_enabled() and (flat_h.requires_grad or head.weight.requires_grad)
     if grad and _fusable(head, config) and not (return_token_entropy and entropy_grad):
         lp, ent = _FusedHeadLogProbs.apply(flat_h, head.weight, flat_y, 1.0 / temperature, chunk_tokens,
-                                           return_token_entropy)
+                                           return_token_entropy, _head_dtype(flat_h, head.weight))
         result = {"log_probs": lp.view(B, T)}
         if return_token_entropy:
             result["token_entropy"] = ent.view(B, T)
