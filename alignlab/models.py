@@ -177,11 +177,13 @@ def qlora_quantization_config(compute_dtype: torch.dtype):
     )
 
 
-def apply_lora(model, lora: LoRAConfig, quantized: bool = False):
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def apply_lora(model, lora: LoRAConfig):
+    from peft import LoraConfig, get_peft_model
 
-    if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    # QLoRA: no peft.prepare_model_for_kbit_training. It casts every non-4-bit parameter (embeddings, LM
+    # head, norms) to fp32, so the residual stream and every activation saved for backward become fp32:
+    # on a Gemma-3-1B shape that made QLoRA take 1.33x plain LoRA's memory. The base stays frozen in
+    # its compute dtype (get_peft_model freezes it); only the adapters are fp32, as for plain LoRA.
     targets = lora.target_modules
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     if targets != ["all-linear"] and not set(targets) & present:
@@ -236,7 +238,7 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
                 if p.requires_grad:
                     p.data = p.data.float()
         else:
-            model = apply_lora(model, lora_cfg, quantized=lora_cfg.qlora)
+            model = apply_lora(model, lora_cfg)
         if model_cfg.gradient_checkpointing:
             model.enable_input_require_grads()
     # Training mode: from_pretrained returns eval mode, where transformers skips gradient checkpointing.

@@ -78,6 +78,32 @@ def test_qlora_on_cpu_is_refused_clearly(qwen_dir):
         load_policy(ModelConfig(path=str(qwen_dir), device="cpu"), LoRAConfig(enabled=True, qlora=True))
 
 
+def test_qlora_keeps_the_unquantised_base_in_the_compute_dtype(qwen_dir, monkeypatch):
+    """QLoRA's memory: the embedding, norms and head stay bf16 (peft's prepare_model_for_kbit_training
+    upcast them to fp32, and with them the residual stream), only the adapters are fp32. The 4-bit
+    load itself needs CUDA, so a bf16 model stands in for it; everything after the load is the real path."""
+    from alignlab import models
+
+    def fake_4bit_load(path, cfg, device, dtype, quantize_4bit=False):
+        assert quantize_4bit and dtype == torch.bfloat16
+        from transformers import AutoModelForCausalLM
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+    monkeypatch.setattr(models, "load_causal_lm", fake_4bit_load)
+    policy, _, _, prec = load_policy(ModelConfig(path=str(qwen_dir), device="cpu"),
+                                     LoRAConfig(enabled=True, qlora=True, r=4), precision="bf16")
+    frozen = {n: p.dtype for n, p in policy.named_parameters() if not p.requires_grad}
+    trainable = {n: p.dtype for n, p in policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and d == torch.float32 for n, d in trainable.items())
+    assert frozen and set(frozen.values()) == {torch.bfloat16}, {n: d for n, d in frozen.items() if d != torch.bfloat16}
+    seen = []
+    layer = policy.get_base_model().model.layers[0]
+    layer.register_forward_hook(lambda m, i, o: seen.append((o[0] if isinstance(o, tuple) else o).dtype))
+    with prec.autocast_ctx(torch.device("cpu")):
+        policy(input_ids=torch.tensor([[1, 2, 3]]))
+    assert seen == [torch.bfloat16]  # the residual stream is half precision, as with plain LoRA
+
+
 def test_lora_targets_default_to_attention_and_mlp(qwen_dir):
     policy, *_ = load_policy(ModelConfig(path=str(qwen_dir)), LoRAConfig(enabled=True, r=2))
     wrapped = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in policy.named_parameters() if "lora_A" in n}

@@ -206,8 +206,9 @@ class Tape:
 
 def rest_dtype(ctx: Ctx) -> str:
     """dtype of the weights that are not projections (embedding, norms, head). With a 4-bit base,
-    peft's ``prepare_model_for_kbit_training`` (alignlab's QLoRA path) upcasts them to fp32."""
-    return "fp32" if ctx.weight_dtype == "nf4" else ctx.weight_dtype
+    alignlab keeps them in the compute dtype (it does not call peft's ``prepare_model_for_kbit_training``,
+    which would upcast them, and with them the residual stream, to fp32)."""
+    return (ctx.autocast or "bf16") if ctx.weight_dtype == "nf4" else ctx.weight_dtype
 
 
 # ------------------------------------------------------------------------------------------------

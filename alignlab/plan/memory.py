@@ -230,11 +230,12 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     if wd == "nf4":
         nf4 = _nf4_bytes_per_param(s.double_quant)
         rest = P - P_lin
-        # prepare_model_for_kbit_training upcasts what is not quantised (embedding, norms, head) to fp32
-        term("weights", "weights (NF4 projections + fp32 embeddings/norms)",
-             P_lin * nf4 + rest * 4,
+        # what is not quantised (embedding, norms, head) stays in the compute dtype (models.apply_lora)
+        rb = BYTES[dt["compute"]]
+        term("weights", f"weights (NF4 projections + {dt['compute']} embeddings/norms)",
+             P_lin * nf4 + rest * rb,
              f"{P_lin:,} quantised x {nf4:.4f} B (4-bit + absmax{' double-quantised' if s.double_quant else ''})"
-             f" + {rest:,} x 4 B", "persistent")
+             f" + {rest:,} x {rb} B", "persistent")
     else:
         term("weights", f"weights ({wd})", P * BYTES[wd], f"{P:,} params x {BYTES[wd]} B", "persistent")
     if not full:
@@ -305,7 +306,7 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
     V, H = arch.vocab, arch.hidden
     head_trains = full or ("lm_head" in targets)
     hfin = Sym(H, h_dtype, True)  # final norm output
-    head_wd = "fp32" if wd == "nf4" else wd
+    head_wd = dt["compute"] if wd == "nf4" else wd
     ht = Tape(Ctx(device=s.device, autocast=ac, weight_dtype=head_wd, full=full))
     logits = ht.dense(hfin, H, V, head_wd, head_trains, "LM head input")
     a_l = BYTES[logits.dtype]
@@ -352,14 +353,18 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
         # one accumulated over the earlier chunks
         fused = "lm_head" not in targets and not getattr(arch, "final_logit_softcapping", None)
         if fused:
-            # alignlab's fused head backward (logprobs._FusedHeadLogProbs): grad of the hidden states and an
-            # fp32 head-weight accumulator live throughout; per chunk, the recomputed softmax and the grad of
-            # the logits (fp32); the accumulator is cast to the weight dtype once at the end
+            # alignlab's fused head backward (logprobs._FusedHeadLogProbs): grad of the hidden states, the
+            # head weight cast once to the compute dtype, and an fp32 head-weight accumulator live
+            # throughout; per chunk, the recomputed logits (compute dtype) and softmax (fp32), then the
+            # grad of the logits (compute dtype) and that chunk's head-weight product (compute dtype) that
+            # is added into the accumulator; the accumulator is cast to the weight dtype once at the end
             acc32 = V * H * 4 if head_trains else 0
             cast = V * H * g_bytes if (head_trains and g_bytes != 4) else 0
-            bwd_head = N * H * a_c + head_wcopy + acc32 + max(2 * cV4 + c * H * a_c, cast)
-            bwd_head_detail = (f"grad of the final hidden states + fp32 head-weight accumulator + "
-                               f"2 x {c} x vocab x 4 B [recomputed softmax, grad logits] (fused backward)")
+            chunk_w = V * H * a_c if head_trains else 0
+            bwd_head = N * H * a_c + head_wcopy + acc32 + max(2 * cV4 + c * V * a_c, c * V * a_c + chunk_w, cast)
+            bwd_head_detail = (f"grad of the final hidden states + head weight in the compute dtype + fp32 "
+                               f"head-weight accumulator + max(2 x {c} x vocab x 4 B [recomputed softmax] + "
+                               f"grad logits, grad logits + one chunk's head-weight product) (fused backward)")
         else:
             acc = head_grad if N > c else 0
             # each chunk's head-weight gradient is summed out of place into the running sum: old + new + sum

@@ -237,11 +237,6 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
         est, peak = plan.est, plan.est.peak
     if task == "dpo":
         R(Rec("dpo_beta", 0.1, "DPO paper default: KL strength 0.1"))
-    if s.method == "qlora":
-        plan.warnings.append(
-            "QLoRA through peft's prepare_model_for_kbit_training keeps the embedding, norms and head in fp32: "
-            "the residual stream is fp32 and each 4-bit projection keeps a half copy of its input, so "
-            "activations exceed LoRA over a bf16 base; QLoRA saves weight memory, not activation memory")
     plan.numbers.update(target_batch=target, effective_batch=eff, budget_gib=budget / GiB, usable_gib=usable / GiB,
                         peak_gib=peak / GiB, peak_phase=est.peak_phase.name)
     return plan
