@@ -193,7 +193,17 @@ class SamplingConfig(Strict):
     max_new_tokens: int = Field(16, gt=0)
     stop: list[str] = Field(default_factory=list, description="stop strings, kept in the output (e.g. '</answer>')")
     batch_size: int = Field(64, gt=0, description="prompts per generate() call (hf backend)")
+    hf_decode: Literal["generate", "static", "cuda_graphs"] = Field("generate", description=(
+        "hf backend's decode loop: transformers generate (dynamic KV cache); static (alignlab's loop over a "
+        "static KV cache); cuda_graphs (that loop, its per-token step in CUDA graphs; CUDA only)"))
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+
+    @model_validator(mode="after")
+    def _decode_is_for_hf(self):
+        if self.backend != "hf" and self.hf_decode != "generate":
+            raise ValueError(f"hf_decode={self.hf_decode} applies to backend=hf only; with backend={self.backend} "
+                             "remove sampling.hf_decode")
+        return self
 
 
 class RLConfig(Strict):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import ConfigError
+
 
 @dataclass
 class Rollout:
@@ -77,12 +79,106 @@ def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:
     return z.masked_fill(remove, float("-inf"))
 
 
+DECODERS = ("generate", "static", "cuda_graphs")
+FINISH_CHECK_EVERY = 8  # decode steps between host syncs that ask whether every sequence is done
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decode step's choice from (B, V) logits -> (tokens (B,), their log-probs (B,)) under the
+    distribution drawn from (temperature, top-p; greedy records temperature-1 log-probs, as
+    `_SampleAndRecord` does for `generate`)."""
+    if temperature > 0:
+        z = logits.float() / temperature
+        if top_p < 1.0:
+            z = top_p_filter(z, top_p)
+        logp = torch.log_softmax(z, dim=-1)
+        tok = torch.multinomial(logp.exp(), 1).squeeze(-1)
+    else:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        tok = logits.argmax(-1)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def _stop_checker(tokenizer, stop: list[str] | None):
+    if not stop:
+        return None
+    return lambda rows: [any(x in tokenizer.decode(r, skip_special_tokens=False) for x in stop) for r in rows]
+
+
+@torch.no_grad()
+def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, n: int = 1,
+                  temperature: float = 0.0, top_p: float = 1.0, eos_id: int, pad_id: int, stop_hit=None,
+                  graphs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode over a static KV cache: every tensor of the per-token step has a fixed shape and address,
+    so the step can be captured in CUDA graphs (`graphs=True`: torch.compile, mode reduce-overhead)
+    and replayed without per-kernel launch cost. The same code runs eagerly on CPU and MPS.
+
+    input_ids, attention_mask: (P, S) left-padded prompts; each is repeated n times (consecutively).
+    -> (new tokens (P*n, max_new_tokens), their sampling log-probs (P*n, max_new_tokens)). A finished row
+    (EOS, or a stop string seen by `stop_hit(rows) -> [bool]`) continues with `pad_id`. The host asks
+    whether all rows are done every FINISH_CHECK_EVERY steps, not every step."""
+    from transformers import StaticCache
+
+    if graphs and input_ids.device.type != "cuda":
+        raise ValueError("decode=cuda_graphs needs a CUDA device; use decode=static (same loop, no graphs)")
+    ids = input_ids.repeat_interleave(n, 0)
+    am = attention_mask.repeat_interleave(n, 0).long()
+    B, S = ids.shape
+    dev = ids.device
+    L = S + max_new_tokens
+    cache = StaticCache(config=model.config, max_cache_len=L)
+    mask = torch.zeros(B, L, dtype=torch.long, device=dev)  # the one (B, L) mask every step reads
+    mask[:, :S] = am
+    pos = (am.cumsum(-1) - 1).clamp(min=0)  # positions count real tokens, as in training
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                cache_position=torch.arange(S, device=dev), use_cache=True, logits_to_keep=1)
+    logits = out.logits[:, -1]  # (B, V)
+    next_pos = pos[:, -1:] + 1  # (B, 1)
+
+    def step(tok, position_ids, cache_position, mask):
+        return model(input_ids=tok, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                     cache_position=cache_position, use_cache=True).logits[:, -1]
+
+    if graphs:
+        step = torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    logps = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
+    done = torch.zeros(B, dtype=torch.bool, device=dev)
+    for i in range(max_new_tokens):
+        tok, lp = _pick(logits, temperature, top_p)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        tokens[:, i], logps[:, i] = tok, lp
+        done |= tok == eos_id
+        if i == max_new_tokens - 1:
+            break
+        if (i + 1) % FINISH_CHECK_EVERY == 0:
+            if stop_hit is not None:
+                live = (~done).nonzero().squeeze(-1).tolist()
+                hits = stop_hit([tokens[j, : i + 1].tolist() for j in live])
+                for j, h in zip(live, hits):
+                    if h:
+                        done[j] = True
+            if bool(done.all()):
+                break
+        t = S + i
+        mask[:, t] = 1
+        logits = step(tok[:, None], next_pos, torch.tensor([t], device=dev), mask)
+        next_pos = next_pos + 1
+    return tokens, logps
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 64,
-             return_logprobs: bool = False) -> Rollout:
+             return_logprobs: bool = False, decode: str = "generate") -> Rollout:
     """Sample `n` completions per prompt (greedy when temperature == 0). Output order follows the
-    input; completion ids end at EOS or at the token that completes a stop string."""
+    input; completion ids end at EOS or at the token that completes a stop string.
+
+    decode: one of DECODERS. "generate" is transformers' `generate` with its dynamic KV cache;
+    "static" is alignlab's own loop over a static KV cache (`decode_static`); "cuda_graphs" is that
+    loop with its per-token step captured in CUDA graphs (CUDA only)."""
+    if decode not in DECODERS:
+        raise ValueError(f"decode={decode!r}; choose one of {', '.join(DECODERS)}")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -109,9 +205,16 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
                 if return_logprobs:
                     recorder = _SampleAndRecord(1.0, 1.0)
                     kwargs.update(logits_processor=[recorder])
-            out = model.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1] :]
-            logps = recorder.finish(new[:, -1]) if recorder is not None else None
+            if decode == "generate":
+                out = model.generate(**enc, **kwargs)
+                new = out[:, enc["input_ids"].shape[1] :]
+                logps = recorder.finish(new[:, -1]) if recorder is not None else None
+            else:
+                new, logps = decode_static(
+                    model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, n=n,
+                    temperature=temperature, top_p=top_p, eos_id=tokenizer.eos_token_id,
+                    pad_id=tokenizer.pad_token_id, stop_hit=_stop_checker(tokenizer, stop),
+                    graphs=decode == "cuda_graphs")
             for j, row in enumerate(new.tolist()):
                 i = idx[j // n]
                 ids = _cut(row, tokenizer, stop)
@@ -149,21 +252,25 @@ class HFSampler:
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+    def __init__(self, model, tokenizer, batch_size: int = 64, decode: str = "generate"):
+        self.model, self.tokenizer, self.batch_size, self.decode = model, tokenizer, batch_size, decode
 
     def sync(self) -> None:
         pass
 
     def generate(self, prompts: list[str], *, seed: int | None = None, batch_size: int | None = None, **kw) -> Rollout:
-        return generate(self.model, self.tokenizer, prompts, batch_size=batch_size or self.batch_size, **kw)
+        return generate(self.model, self.tokenizer, prompts, batch_size=batch_size or self.batch_size,
+                        decode=self.decode, **kw)
 
 
 def make_sampler(sampling, policy, tokenizer, model_cfg, lora_cfg, precision, seed: int = 0):
     """The rollout engine a loop samples from: `sampling.backend` hf (anywhere) or vllm (CUDA).
     Both return the same `Rollout`; call `.sync()` after each optimizer update."""
     if sampling.backend == "hf":
-        return HFSampler(policy, tokenizer, sampling.batch_size)
+        if sampling.hf_decode == "cuda_graphs" and next(policy.parameters()).device.type != "cuda":
+            raise ConfigError("sampling.hf_decode=cuda_graphs needs a CUDA device; use sampling.hf_decode=static "
+                              "(the same static-cache loop without graphs) or generate")
+        return HFSampler(policy, tokenizer, sampling.batch_size, sampling.hf_decode)
     from .rollout_vllm import VLLMSampler
 
     dtype = precision.autocast or precision.weights

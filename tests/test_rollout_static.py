@@ -1,0 +1,128 @@
+"""The static-KV-cache decode loop (`sampling.hf_decode=static`; with CUDA graphs on CUDA): the same
+`Rollout` as transformers' generate, greedy outputs identical, sampling log-probs equal to the
+trainer's recompute. On CPU the loop runs eagerly; the graph-captured variant is in test_gpu.py."""
+import pytest
+import torch
+
+from alignlab import cli, rollout, tracking
+from alignlab.config import ConfigError, SamplingConfig
+from alignlab.logprobs import get_response_log_probs
+
+PROMPTS = ["12+3=", "a much longer prompt here 7-3=", "9", "think about it"]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return {a: (AutoModelForCausalLM.from_pretrained(d), AutoTokenizer.from_pretrained(d)) for a, d in tiny_dirs.items()}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text", "llama", "qwen3"])
+def test_greedy_static_decode_equals_generate(models, arch):
+    """Left padding of different amounts, several samples per prompt, batches split by batch_size;
+    Gemma-3's sliding-window layers use the static cache's sliding layers."""
+    model, tok = models[arch]
+    kw = dict(max_new_tokens=12, batch_size=3, return_logprobs=True)
+    ref = rollout.generate(model, tok, PROMPTS, **kw)
+    ours = rollout.generate(model, tok, PROMPTS, decode="static", **kw)
+    assert ours.completion_ids == ref.completion_ids and ours.completions == ref.completions
+    assert ours.prompt_ids == ref.prompt_ids
+    for a, b in zip(ours.sampling_logps, ref.sampling_logps):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_static_sampling_log_probs_equal_the_training_recompute(models, temperature):
+    model, tok = models["qwen2"]
+    torch.manual_seed(0)
+    ro = rollout.generate(model, tok, PROMPTS[:2], max_new_tokens=8, n=3, temperature=temperature,
+                          return_logprobs=True, decode="static")
+    assert len(ro.completions) == 6 and ro.n == 3
+    b = ro.tensors(tok.pad_token_id)
+    lp = get_response_log_probs(model, b["input_ids"], b["labels"], attention_mask=b["attention_mask"],
+                                temperature=temperature)["log_probs"]
+    m = b["response_mask"]
+    assert m.sum() == sum(len(c) for c in ro.completion_ids) > 0
+    torch.testing.assert_close(lp[m], b["sampling_logps"][m], atol=1e-5, rtol=0)
+    # samples of one prompt differ: the n copies are drawn independently, not once and repeated
+    assert len({tuple(c) for c in ro.completion_ids[:3]}) > 1
+
+
+def test_static_decode_samples_from_the_top_p_nucleus(models):
+    """With top-p, every drawn token lies inside the nucleus, and its recorded log-prob is the
+    renormalised nucleus probability (greater than the unfiltered one)."""
+    model, tok = models["qwen2"]
+    torch.manual_seed(0)
+    ro = rollout.generate(model, tok, PROMPTS[:2], max_new_tokens=6, n=4, temperature=1.0, top_p=0.5,
+                          return_logprobs=True, decode="static")
+    b = ro.tensors(tok.pad_token_id)
+    full = get_response_log_probs(model, b["input_ids"], b["labels"], attention_mask=b["attention_mask"])["log_probs"]
+    m = b["response_mask"]
+    assert (b["sampling_logps"][m] >= full[m] - 1e-6).all()
+    assert (b["sampling_logps"][m] > full[m] + 1e-4).any()
+
+
+def test_eos_pads_the_row_and_stops_the_loop_once_every_row_is_done(models):
+    model, tok = models["qwen2"]
+    enc = tok(PROMPTS[:2], return_tensors="pt", padding=True, padding_side="left")
+    greedy, _ = rollout.decode_static(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=10,
+                                      eos_id=-1, pad_id=tok.pad_token_id)
+    eos = int(greedy[0, 2])  # treat row 0's third greedy token as the end of sequence
+    calls = []
+    real_forward = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or real_forward(*a, **k)
+    try:
+        out, _ = rollout.decode_static(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=40,
+                                       eos_id=eos, pad_id=tok.pad_token_id)
+    finally:
+        del model.forward
+    first = out[0].tolist().index(eos)
+    assert first <= 2 and all(t == tok.pad_token_id for t in out[0, first + 1 :].tolist())
+    for row, g in zip(out.tolist(), greedy.tolist()):  # until its EOS, each row is the plain greedy decode
+        k = row.index(eos) if eos in row else 10
+        assert row[: min(k, 10)] == g[: min(k, 10)]
+    if all(eos in row for row in out.tolist()):  # every row finished: the loop stopped at the next check
+        assert len(calls) < 40
+
+
+def test_stop_strings_end_rows_early_and_are_cut_as_with_generate(models):
+    model, tok = models["qwen2"]
+    greedy = rollout.generate(model, tok, PROMPTS, max_new_tokens=12)
+    ids = greedy.completion_ids[0]
+    k = next(i for i in range(1, len(ids) - 1) if ids[i] != ids[i - 1])
+    stop = [tok.decode(ids[k - 1 : k + 1])]  # the first completion contains it, ending at its token k
+    ref = rollout.generate(model, tok, PROMPTS, max_new_tokens=12, stop=stop)
+    ours = rollout.generate(model, tok, PROMPTS, max_new_tokens=12, stop=stop, decode="static")
+    assert ours.completion_ids == ref.completion_ids
+    assert stop[0] in ours.completions[0] and len(ours.completion_ids[0]) == k + 1
+
+
+def test_decode_choice_is_checked():
+    with pytest.raises(ValueError, match="decode='fast'"):
+        rollout.generate(None, None, [], max_new_tokens=1, decode="fast")
+    with pytest.raises(ValueError, match="hf_decode=static applies to backend=hf only"):
+        SamplingConfig(backend="vllm", hf_decode="static")
+
+
+def test_cuda_graphs_are_refused_without_cuda(models):
+    model, tok = models["qwen2"]
+    with pytest.raises(ConfigError, match="hf_decode=cuda_graphs needs a CUDA device"):
+        rollout.make_sampler(SamplingConfig(hf_decode="cuda_graphs"), model, tok, None, None, None)
+    enc = tok(["1"], return_tensors="pt")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        rollout.decode_static(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=2, eos_id=0, pad_id=0,
+                              graphs=True)
+
+
+def test_grpo_with_static_decode_is_on_policy(tmp_path, qwen_dir):
+    args = ["grpo", "-c", "grpo_tiny", f"out_dir={tmp_path}", f"model.path={qwen_dir}", "name=s",
+            "training.total_steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "rl.micro_batch_seqs=8",
+            "sampling.max_new_tokens=4", "sampling.hf_decode=static", "eval.max_examples=8", "eval.max_new_tokens=4",
+            "task.arithmetic.n_eval=8"]
+    assert cli.main(args) == 0
+    train = [r for r in tracking.read_metrics(tmp_path / "s") if "reward/mean" in r]
+    assert len(train) == 2
+    for r in train:
+        assert r["ratio/mean"] == pytest.approx(1.0, abs=1e-6) and r["mismatch/logp_abs_max"] < 1e-5
+    assert "hf_decode: static" in (tmp_path / "s" / "config.yaml").read_text()
