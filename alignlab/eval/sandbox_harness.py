@@ -69,8 +69,10 @@ def encode(x, ref, depth=0):
     d = depth + 1
     if t is list:
         return ["l", [encode(v, ref, d) for v in x]]
-    if t is tuple or (isinstance(x, tuple) and hasattr(t, "_fields")):  # namedtuples compare as tuples
+    if t is tuple:
         return ["t", [encode(v, ref, d) for v in x]]
+    if isinstance(x, tuple) and type(getattr(t, "_fields", None)) is tuple:  # a namedtuple
+        return ["nt", str(t.__name__), [str(f) for f in t._fields], [encode(v, ref, d) for v in x]]
     if t is set or t is frozenset:
         return ["s" if t is set else "fs", [encode(v, ref, d) for v in x]]
     if t is dict or t is collections.defaultdict:
@@ -98,6 +100,9 @@ def encode(x, ref, depth=0):
     if t is types.ModuleType:
         return ["mod", str(getattr(x, "__name__", ""))]
     return ref(x)
+
+
+_NAMEDTUPLES = {}
 
 
 def _int(v):
@@ -146,6 +151,13 @@ def decode(v, handle, depth=0):
         return items()
     if tag == "t":
         return tuple(items())
+    if tag == "nt":  # rebuilt by collections.namedtuple, which accepts identifiers only
+        if type(v[2]) is not list or not all(type(f) is str for f in v[2]):
+            raise NotData("malformed namedtuple")
+        key = (_str(v[1]), tuple(v[2]))
+        if key not in _NAMEDTUPLES:
+            _NAMEDTUPLES[key] = collections.namedtuple(*key)
+        return _NAMEDTUPLES[key](*items(3))
     if tag == "s":
         return set(items())
     if tag == "fs":
