@@ -17,7 +17,8 @@ Isolation (the threat model is in docs/evaluation.md):
 * **bubblewrap** (``bwrap``) starts every run in new user, PID, network, IPC, UTS and mount
   namespaces, with a per-run uid inside, no capabilities, ``--die-with-parent`` and a new
   session. The filesystem is a read-only view of the interpreter, its standard library and the
-  system shared libraries (site-packages hidden), a minimal ``/dev`` and a private tmpfs of
+  system shared libraries (site-packages hidden), a minimal read-only ``/dev`` (null, zero,
+  urandom ...; no /dev/shm to fill) and a private tmpfs of
   ``disk_mb`` as ``/tmp`` and working folder. No /proc, no host folders, no host sockets.
 * Inside, ``sandbox_harness.py`` is the **judge**: it forks the **candidate** process, which takes
   rlimits (CPU, address space, file size, open files, no core) and a seccomp filter (no new
@@ -164,7 +165,8 @@ def bwrap_command(python: str, limits: SandboxLimits, verdict_fd: int) -> list[s
     if os.path.exists("/etc/ld.so.cache"):
         cmd += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     cmd += ["--dev", "/dev", "--size", str(limits.disk_mb * 1024 * 1024), "--tmpfs", "/tmp",
-            "--ro-bind", HARNESS, HARNESS_IN_SANDBOX, "--remount-ro", "/", "--chdir", "/tmp",
+            "--ro-bind", HARNESS, HARNESS_IN_SANDBOX, "--remount-ro", "/dev", "--remount-ro", "/",
+            "--chdir", "/tmp",
             "--", info["exe"], "-I", "-S", "-B", HARNESS_IN_SANDBOX, str(verdict_fd)]
     return cmd
 
