@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignlab-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test clean vllm-cpu-check
+.PHONY: setup sandbox-tool demo test clean vllm-cpu-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -17,12 +17,26 @@ $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -m pip install --quiet -e ".[eval,test]"
 	@touch $(STAMP)
 
-setup: $(STAMP)
+# The code sandbox (alignlab/eval/sandbox.py) needs bubblewrap; its tests never skip, so install it
+# here. apt needs root: as another user this says what to run instead of failing halfway.
+sandbox-tool:
+	@if command -v bwrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing bubblewrap (code sandbox)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
+		|| { echo "error: apt-get install bubblewrap failed" >&2; exit 1; }; \
+	else \
+		echo "warning: bubblewrap (bwrap) is missing and cannot be installed without root/apt:" >&2; \
+		echo "  run 'sudo apt-get install bubblewrap'; until then code evaluation refuses to run" >&2; \
+		echo "  and tests/test_sandbox_attacks.py fails" >&2; \
+	fi
+
+setup: $(STAMP) sandbox-tool
 
 demo: $(STAMP)
 	$(VENV)/bin/alignlab demo
 
-test: $(STAMP)
+test: $(STAMP) sandbox-tool
 	$(VPY) -m pytest -q tests
 
 # The vLLM backend against a real engine without a GPU: vLLM's CPU build in its own venv (its pins

@@ -1,7 +1,9 @@
-"""Sandbox: ordinary outcomes, and an escape-attempt suite where every attempt must come back as a
-failed sample (never passed, never an exception in the evaluation run, no effect outside)."""
+"""Sandbox: ordinary outcomes, how the judge sees the program's names, and escape attempts that must
+come back as a failed sample (never passed, never an exception in the evaluation run, no effect
+outside). The attacks of issue 13 are in test_sandbox_attacks.py."""
 import os
 import socket
+import uuid
 import threading
 import time
 
@@ -63,18 +65,20 @@ def test_tests_that_do_not_compile_are_an_error():
 
 
 def test_can_write_inside_its_own_folder():
-    prog = "open('out.txt', 'w').write('ok')\nimport os\nprint(os.getcwd())"
-    res = run_program(prog, "assert open('out.txt').read() == 'ok'", limits=FAST)
+    name = f"out-{uuid.uuid4().hex}.txt"
+    prog = f"open({name!r}, 'w').write('ok')\nimport os\nprint(os.getcwd())"
+    res = run_program(prog, f"assert open({name!r}).read() == 'ok'", limits=FAST)
     check(res, "passed")
-    assert not os.path.exists(res.stdout_tail.strip())  # the folder is removed afterwards
+    assert res.stdout_tail.strip() == "/tmp"  # a private tmpfs, not the host's /tmp
+    assert not os.path.exists(os.path.join("/tmp", name))
 
 
-def test_stdlib_and_numpy_usable():
-    # namedtuple, typing and logging peek at frames; the frame guard must not break them.
-    prog = ("import collections, json, re, logging, typing, sqlite3, numpy as np\n"
+def test_stdlib_usable():
+    prog = ("import collections, json, re, logging, typing, sqlite3, decimal, zlib, hashlib, ctypes\n"
             "P = collections.namedtuple('P', 'a b')\nT = typing.TypeVar('T')\nlogging.warning('hi')\n"
-            "db = sqlite3.connect(':memory:')\nv = int(np.arange(5).sum())")
-    res = run_program(prog, "assert P(1, 2).b == 2 and v == 10", limits=FAST)
+            "db = sqlite3.connect(':memory:')\nv = db.execute('select 4 + 6').fetchone()[0]\n"
+            "h = hashlib.sha256(zlib.compress(b'x')).hexdigest()[:4]")
+    res = run_program(prog, "assert P(1, 2).b == 2 and v == 10 and len(h) == 4", limits=FAST)
     check(res, "passed")
     assert "hi" in res.stderr_tail
 
@@ -89,19 +93,17 @@ def test_environment_is_scrubbed(monkeypatch):
 
 def test_isolation_is_reported():
     res = run_program("pass", "", limits=FAST)
-    assert res.isolation["network"] in ("netns", "python-guard-only")
+    assert res.isolation["sandbox"] == "bwrap" and res.isolation["seccomp"] is True
+    assert {"user", "pid", "net", "mount"} <= set(res.isolation["namespaces"])
     assert "RLIMIT_CPU" in res.isolation["rlimits"] and "RLIMIT_AS" in res.isolation["rlimits"]
 
 
-def test_unprivileged_user_when_dropped():
-    res = run_program("import os\nprint(os.getuid(), os.getgid(), os.getgroups(), os.access('/root', os.W_OK))",
-                      "", limits=FAST)
+def test_unprivileged_identity_and_read_only_system():
+    prog = ("import os\nprint(os.getuid() >= 10000, os.getgid() >= 10000, "
+            "[os.access(p, os.W_OK) for p in ('/usr/lib', '/', '/dev', '/tmp')])")
+    res = run_program(prog, "", limits=FAST)
     check(res, "passed")
-    if os.geteuid() == 0 and res.isolation.get("uid_dropped"):
-        assert res.stdout_tail.split() == ["65534", "65534", "[]", "False"]
-        assert "RLIMIT_NPROC" in res.isolation["rlimits"]
-    elif os.geteuid() == 0:
-        pytest.skip("this interpreter cannot run as nobody here: " + str(res.isolation))
+    assert res.stdout_tail.split("\n")[0] == "True True [False, False, False, True]", res.stdout_tail
 
 
 def test_run_many_keeps_order():
@@ -114,7 +116,7 @@ def test_never_raises_on_bad_input_or_broken_interpreter(tmp_path):
     check(run_program(None, "", limits=FAST), "error")  # type: ignore[arg-type]
     res = run_program("pass", "", limits=FAST, python=str(tmp_path / "no-such-python"))
     check(res, "error")
-    assert "sandbox failure" in res.exception
+    assert "sandbox" in res.exception
 
 
 # ---------------------------------------------------------------------------- escape attempts
@@ -141,10 +143,6 @@ def test_ignoring_sigxcpu_does_not_help():
 def test_allocating_10_gb_is_memory():
     check(run_program("x = bytearray(10 * 1024 ** 3)", "", limits=FAST), "memory")
     check(run_program("x = [0] * (10 ** 10)", "", limits=FAST), "memory")
-
-
-def test_numpy_10_gb_is_memory():
-    check(run_program("import numpy as np\nx = np.ones(10 * 1024 ** 3, dtype=np.uint8)", "", limits=FAST), "memory")
 
 
 def test_huge_stdout_is_output_limit():
@@ -180,9 +178,8 @@ def test_socket_connect_to_localhost_fails():
         prog = (f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
                 "s.sendall(b'exfiltrated')")
         res = run_program(prog, "", limits=FAST)
-        check(res, "error")
-        assert "network" in res.exception.lower() or "sandbox" in res.exception.lower()
-        # The raw C module is blocked too.
+        check(res, "error")  # a fresh network namespace: the host's loopback is not there
+        # The raw C module reaches nothing either.
         raw = (f"import sys\nsys.modules.pop('_socket', None)\nimport _socket\n"
                f"s = _socket.socket()\ns.connect(('127.0.0.1', {port}))")
         check(run_program(raw, "", limits=FAST), "error")
@@ -212,11 +209,10 @@ def test_writing_outside_its_folder_fails(tmp_path):
         assert not target.exists(), prog
 
 
-def test_sqlite_and_syslog_outside_fail(tmp_path):
+def test_sqlite_outside_fails(tmp_path):
     target = tmp_path / "escaped.db"
     check(run_program(f"import sqlite3\nsqlite3.connect({str(target)!r}).execute('create table t(x)')", "",
                       limits=FAST), "error")
-    check(run_program("import syslog\nsyslog.syslog('hello from the sandbox')", "", limits=FAST), "error")
     assert not target.exists()
 
 
@@ -242,8 +238,9 @@ def test_deleting_files_outside_fails(tmp_path):
 
 def test_process_creation_fails(tmp_path):
     marker = tmp_path / "spawned"
+    res = run_program(f"import os\nrc = os.system('touch {marker}')", "assert rc == 0", limits=FAST)
+    check(res, "failed")  # os.system reports the refused fork as -1
     for prog in [
-        f"import os\nos.system('touch {marker}')",
         f"import subprocess\nsubprocess.run(['touch', {str(marker)!r}])",
         f"import os\nos.execv('/usr/bin/touch', ['touch', {str(marker)!r}])",
         f"import os\nos.posix_spawn('/usr/bin/touch', ['touch', {str(marker)!r}], {{}})",
@@ -272,9 +269,9 @@ def test_killing_the_parent_fails():
     check(res, "error")
 
 
-def test_raising_limits_and_ctypes_fail():
+def test_raising_limits_fails():
     check(run_program("import resource\nresource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "", limits=FAST), "error")
-    check(run_program("import ctypes\nctypes.CDLL(None)", "", limits=FAST), "error")
+    check(run_program("import resource\nresource.setrlimit(resource.RLIMIT_CPU, (-1, -1))", "", limits=FAST), "error")
 
 
 @pytest.mark.parametrize("prog", [
@@ -298,11 +295,11 @@ def test_skipping_the_tests_is_not_a_pass(prog):
     "import inspect\nprint(inspect.stack())",
     "import gc\nprint(len(gc.get_objects()))",
 ])
-def test_reaching_the_harness_frames_fails(prog):
-    # The harness's locals hold the completion token; frames and gc are the ways to them.
+def test_frames_and_gc_reach_nothing_that_passes(prog):
+    # Frames and gc are allowed now: the judge is another process and there is no secret to find.
     res = run_program(prog, "assert False", limits=FAST)
-    check(res, "error")
-    assert "sandbox" in res.exception
+    check(res)
+    assert not res.passed
 
 
 def test_forged_completion_report_is_not_a_pass():
@@ -327,13 +324,72 @@ def test_concurrent_runs_are_isolated_from_each_other():
     assert [r.status for r in out] == ["passed"] * 6
 
 
-def test_program_runs_as_main_and_cannot_shadow_the_guard(tmp_path):
-    # Classes defined by the program live in a real __main__ (pickle finds them), and names it
-    # defines (isinstance, Exception) do not leak into the harness's own lookups.
-    target = tmp_path / "shadow.txt"
+def test_program_runs_as_main_and_cannot_shadow_builtins_in_the_tests():
+    # Classes defined by the program live in a real __main__ (pickle finds them); names it defines
+    # that are builtins (isinstance, Exception) do not replace the builtins the tests use.
     prog = ("import pickle, dataclasses\n@dataclasses.dataclass\nclass P:\n    x: int\n"
+            "ok = pickle.loads(pickle.dumps(P(1))) == P(1)\n"
             "def isinstance(*a):\n    return True\nException = None\n")
-    tests = (f"assert pickle.loads(pickle.dumps(P(1))) == P(1)\ntry:\n    open({str(target)!r}, 'w')\n"
-             "except PermissionError:\n    pass\nelse:\n    raise AssertionError('guard bypassed')")
+    tests = "assert ok is True\nassert P(1) == P(1) and P(1) != P(2) and P(3).x == 3\nassert not isinstance(1, str)"
     check(run_program(prog, tests, limits=FAST), "passed")
-    assert not target.exists()
+
+
+# ---------------------------------------------------------------------------- the judge's view of the program
+
+
+def test_values_cross_as_plain_data():
+    prog = ("import collections, datetime, decimal, fractions, math\n"
+            "v = [1, 2.5, -0.0, float('inf'), 1j, b'x', bytearray(b'y'), (1, (2,)), {3}, frozenset([4]),"
+            " {'k': [None, True]}, {(1, 2): 'tuple key'}, collections.Counter('aab'), collections.deque([1], 3),"
+            " collections.OrderedDict(a=1), datetime.datetime(2024, 3, 15, 1, 2, 3), datetime.date(2024, 1, 2),"
+            " datetime.timedelta(days=2), decimal.Decimal('1.10'), fractions.Fraction(1, 3), range(3), 10 ** 5000,"
+            " collections.namedtuple('P', 'a b')(1, 2)]\nnan = float('nan')")
+    tests = ("import collections, datetime, decimal, fractions, math\n"
+             "assert v == [1, 2.5, -0.0, float('inf'), 1j, b'x', bytearray(b'y'), (1, (2,)), {3}, frozenset([4]),"
+             " {'k': [None, True]}, {(1, 2): 'tuple key'}, collections.Counter('aab'), collections.deque([1], 3),"
+             " collections.OrderedDict(a=1), datetime.datetime(2024, 3, 15, 1, 2, 3), datetime.date(2024, 1, 2),"
+             " datetime.timedelta(days=2), decimal.Decimal('1.10'), fractions.Fraction(1, 3), range(3), 10 ** 5000,"
+             " (1, 2)]\nassert type(v[12]) is collections.Counter and v[12]['z'] == 0\nassert math.isnan(nan)")
+    check(run_program(prog, tests, limits=FAST), "passed")
+
+
+def test_functions_objects_and_exceptions_through_the_judge():
+    prog = """
+def add(a, b=1):
+    return a + b
+def sort_in_place(xs):
+    xs.sort()
+def boom(x):
+    raise ValueError('bad %s' % x)
+class Box:
+    def __init__(self, n):
+        self.n = n
+        self.items = list(range(n))
+    def double(self):
+        return Box(2 * self.n)
+    def __len__(self):
+        return self.n
+    def __iter__(self):
+        return iter(self.items)
+def gen(n):
+    yield from range(n)
+"""
+    tests = """
+assert add(2) == 3 and add(2, b=5) == 7 and add('a', 'b') == 'ab'
+xs = [3, 1, 2]
+sort_in_place(xs)
+assert xs == [1, 2, 3]
+try:
+    boom(1)
+except ValueError as e:
+    assert 'bad 1' in str(e)
+else:
+    raise AssertionError('no exception')
+b = Box(3)
+assert len(b) == 3 and list(b) == [0, 1, 2] and b.n == 3 and b.double().n == 6 and 1 in b
+assert list(gen(4)) == [0, 1, 2, 3] and sum(gen(4)) == 6
+assert b != 3 and not (b == [0, 1, 2])
+"""
+    check(run_program(prog, tests, limits=FAST), "passed")
+    check(run_program(prog, "assert add(2) == 4", limits=FAST), "failed")
+    check(run_program("def f():\n    return bytearray(2 * 1024 ** 3)", "f()", limits=FAST), "memory")

@@ -117,7 +117,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="generation engine: hf (transformers, anywhere) or vllm (CUDA, pip install -e '.[vllm]')")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vllm: share of GPU memory it may take")
     ap.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples for the CIs")
+    ap.add_argument("--unsafe-no-sandbox", action="store_true",
+                    help="code task only: run model-written code WITHOUT the bubblewrap sandbox (it can then read "
+                         "your files, use the network and leave processes behind); default: refuse when bwrap is missing")
     args = ap.parse_args(argv)
+    if args.task == "code" and not args.unsafe_no_sandbox:  # refuse before any model loads
+        from ..eval.sandbox import sandbox_status
+
+        ok, why = sandbox_status()
+        if not ok:
+            ap.error(why)
 
     import torch
 
@@ -166,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["rows_file"] = str(rows_path)
         write_json(summary_path, summary)
     else:
-        summary = write_eval(out, args.task, examples, outputs, seed=args.seed, ks=ks, n_resamples=args.resamples)
+        summary = write_eval(out, args.task, examples, outputs, seed=args.seed, ks=ks, n_resamples=args.resamples,
+                             unsafe_no_sandbox=args.unsafe_no_sandbox)
         rows_path, summary_path = eval_paths(out, args.task)
     summary["model"] = path
 

@@ -50,12 +50,14 @@ def _mean(xs: Iterable[float]) -> float:
 
 
 def score_rows(task: str, rows: list[dict], *, ks: Iterable[int] = (1,), bertscore: bool = True,
-               bertscore_model: str | None = None, sandbox_limits=None, workers: int | None = None) -> list[dict]:
+               bertscore_model: str | None = None, sandbox_limits=None, workers: int | None = None,
+               unsafe_no_sandbox: bool = False) -> list[dict]:
     """New rows with ``metrics`` and ``details`` filled (see module docstring).
 
     Options: ``ks`` the pass@k values to report (those <= the number of samples);
     ``bertscore``/``bertscore_model`` for summarization; ``sandbox_limits`` (a
-    ``SandboxLimits``) and ``workers`` for code execution.
+    ``SandboxLimits``) and ``workers`` for code execution; ``unsafe_no_sandbox`` runs code
+    without bubblewrap (otherwise a machine without it raises ``SandboxUnavailable``).
     """
     t = canonical_task(task)
     ks = tuple(sorted({int(k) for k in ks}))
@@ -69,7 +71,7 @@ def score_rows(task: str, rows: list[dict], *, ks: Iterable[int] = (1,), bertsco
     elif t == "summarization":
         _score_summarization(out, bertscore, bertscore_model)
     elif t == "code":
-        _score_code(out, ks, sandbox_limits, workers)
+        _score_code(out, ks, sandbox_limits, workers, unsafe_no_sandbox)
     else:
         _score_math(out, ks)
     return out
@@ -117,7 +119,7 @@ def _score_summarization(rows: list[dict], bertscore: bool, bertscore_model: str
             r["details"]["bertscore_model"] = scorer.model_dir
 
 
-def _score_code(rows: list[dict], ks: tuple[int, ...], limits, workers) -> None:
+def _score_code(rows: list[dict], ks: tuple[int, ...], limits, workers, unsafe_no_sandbox: bool) -> None:
     from alignlab.eval.metrics import code as cm
     from alignlab.eval.sandbox import run_many
 
@@ -137,7 +139,7 @@ def _score_code(rows: list[dict], ks: tuple[int, ...], limits, workers) -> None:
             for c in codes:
                 jobs.append((cm.build_program(c, setup), test))
                 owner.append(i)
-    results = run_many(jobs, limits=limits, workers=workers)
+    results = run_many(jobs, limits=limits, workers=workers, unsafe_no_sandbox=unsafe_no_sandbox)
     per: dict[int, list] = {}
     for i, res in zip(owner, results):
         per.setdefault(i, []).append(res)

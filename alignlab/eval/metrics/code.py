@@ -115,7 +115,8 @@ def build_program(code: str, setup: str = "") -> str:
 
 
 def pass_results(codes: list[str], tests: str, setup: str = "", *,
-                 limits: SandboxLimits | None = None, workers: int | None = None) -> list[SandboxResult]:
-    """Run every candidate against the tests in the sandbox (one process per candidate)."""
+                 limits: SandboxLimits | None = None, workers: int | None = None,
+                 unsafe_no_sandbox: bool = False) -> list[SandboxResult]:
+    """Run every candidate against the tests in the sandbox (one sandbox per candidate)."""
     jobs = [(build_program(c, setup), tests) for c in codes]
-    return run_many(jobs, limits=limits, workers=workers)
+    return run_many(jobs, limits=limits, workers=workers, unsafe_no_sandbox=unsafe_no_sandbox)
