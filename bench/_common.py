@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 
-def run_child(code: str, spec: dict) -> dict:
-    """Run `code` in a fresh Python process with `spec` as JSON argv[1]; its last stdout line is JSON."""
+def run_child(code: str, spec: dict, timeout: float | None = None) -> dict:
+    """Run `code` in a fresh Python process with `spec` as JSON argv[1]; its last stdout line is JSON.
+    Past `timeout` seconds the child is killed and subprocess.TimeoutExpired raised."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-4000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
