@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Download the wheels bench/gpu.py needs on a bare CUDA machine (torch, transformers, peft,
+# accelerate and triton installed; no network) into .whl/, for CPython 3.12 on manylinux x86_64.
+#
+#   bash bench/gpu_wheels.sh                 # here, with pip and internet (62 MB, 41 of them pyarrow)
+#   bash bench/gpu_wheels.sh --bitsandbytes  # plus bitsandbytes for the qlora job (about 60 MB more)
+#
+# then carry .whl/ to the GPU machine (it is git-ignored) and there:
+#
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+#       && export PYTHONPATH=/tmp/site:$PWD
+#   python3 bench/gpu.py --check
+#
+# The list was worked out from each wheel's METADATA (`unzip -p X.whl '*/METADATA' | grep
+# ^Requires-Dist`); the check at the end re-reads it and names any requirement that is neither
+# in .whl/ nor in ASSUMED (what torch, transformers 5.17, huggingface_hub 1.x, peft and accelerate
+# already bring). Versions are chosen for transformers 5.17 / huggingface_hub < 2 / numpy 1.26+.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=.whl
+PY=${PYTHON:-python3}
+
+WHEELS=(
+  # TRL and its hard requirements missing there
+  trl==1.16.0                        # TRL itself (transformers >= 4.56.2)
+  datasets==4.8.5                    # TRL imports it; 4.8 accepts huggingface_hub 0.25-1.x (5.x wants >= 1.31)
+  pyarrow==21.0.0                    # datasets, TRL: the big one (~42 MB), no way around it
+  pandas==2.3.3                      # datasets, TRL; 2.3 works with numpy 1.26 and 2.x (3.x needs numpy 2)
+  python-dateutil==2.9.0.post0       # pandas
+  six==1.17.0                        # python-dateutil
+  pytz==2025.2                       # pandas 2.x
+  tzdata==2025.2                     # pandas 2.x
+  dill==0.4.1                        # datasets (< 0.4.2)
+  multiprocess==0.70.19              # datasets (< 0.70.20), pairs with dill 0.4.1
+  xxhash==4.1.0                      # datasets
+  requests==2.32.5                   # datasets 4.x (huggingface_hub 1.x dropped it)
+  urllib3==2.6.3                     # requests
+  charset-normalizer==3.4.4          # requests (idna, certifi come with httpx)
+  # alignlab's own requirements missing there
+  pydantic==2.14.4                   # alignlab.config
+  pydantic-core==2.50.5              # pydantic 2.14.4 pins it exactly
+  annotated-types==0.8.0             # pydantic
+  typing-inspection==0.4.5           # pydantic
+  typing-extensions==4.16.0          # pydantic 2.14 needs >= 4.16; torch only asks >= 4.10
+  rich==15.0.0                       # alignlab.tracking (present if typer is, but cheap to be sure)
+  markdown-it-py==4.3.0              # rich
+  mdurl==0.1.2                       # markdown-it-py
+  pygments==2.21.0                   # rich
+  math-verify==0.9.0                 # alignlab's math reward (tests, the math task)
+  latex2sympy2_extended==1.11.0      # math-verify 0.9.0 pins it
+  antlr4-python3-runtime==4.13.2     # latex2sympy2_extended (sympy comes with torch)
+  # the TRL + Liger baseline
+  liger-kernel==0.8.5                # needs torch and triton only
+)
+if [[ "${1:-}" == "--bitsandbytes" ]]; then
+  WHEELS+=(bitsandbytes==0.50.2)     # the qlora job (the issue's version)
+fi
+
+mkdir -p "$OUT"
+rm -f "$OUT"/*.whl  # the folder holds exactly this list
+"$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$OUT" "${WHEELS[@]}"
+
+"$PY" - "$OUT" <<'EOF'
+import re, sys, zipfile
+from pathlib import Path
+try:
+    from packaging.markers import Marker
+except ImportError:
+    from pip._vendor.packaging.markers import Marker
+TARGET = {"python_version": "3.12", "python_full_version": "3.12.0", "sys_platform": "linux", "platform_system": "Linux",
+          "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
+          "platform_python_implementation": "CPython", "extra": ""}
+
+ASSUMED = {  # on the GPU machine already: torch 2.11 (+triton), transformers 5.17, peft, accelerate and their requirements
+    "torch", "triton", "transformers", "peft", "accelerate", "huggingface-hub", "tokenizers", "safetensors", "numpy",
+    "packaging", "pyyaml", "regex", "tqdm", "typer", "typer-slim", "click", "shellingham", "filelock", "fsspec",
+    "hf-xet", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio", "psutil", "sympy", "mpmath",
+    "networkx", "jinja2", "markupsafe", "setuptools",
+}
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+wheels = sorted(Path(sys.argv[1]).glob("*.whl"))
+have = {norm(w.name.split("-")[0]) for w in wheels}
+missing, total = {}, 0
+for w in wheels:
+    total += w.stat().st_size
+    meta = next(n for n in zipfile.ZipFile(w).namelist() if n.endswith(".dist-info/METADATA"))
+    for line in zipfile.ZipFile(w).read(meta).decode().splitlines():
+        if not line.startswith("Requires-Dist:") or "extra ==" in line:
+            continue
+        spec = line.split(":", 1)[1].strip()
+        if ";" in spec and not Marker(spec.split(";", 1)[1]).evaluate(TARGET):
+            continue  # not for CPython 3.12 on Linux x86_64
+        name = norm(re.match(r"[A-Za-z0-9_.\-]+", spec).group(0))
+        if name not in have and name not in ASSUMED:
+            missing.setdefault(name, []).append(w.name.split("-")[0])
+for w in wheels:
+    print(f"  {w.stat().st_size / 2**20:7.2f} MB  {w.name}")
+print(f"{len(wheels)} wheels, {total / 2**20:.1f} MB in {sys.argv[1]}/")
+if missing:
+    print("requirements neither downloaded nor assumed present:", ", ".join(f"{k} (for {', '.join(v)})" for k, v in missing.items()))
+    sys.exit(1)
+print("every requirement is downloaded or assumed present on the GPU machine")
+EOF
