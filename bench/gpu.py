@@ -6,7 +6,7 @@
     python3 bench/gpu.py --check                      # versions and what is missing (seconds)
     python3 bench/gpu.py --json gpu.json              # everything, < 8 minutes on one H200
     python3 bench/gpu.py --only sft_full,grpo         # some jobs
-    python3 bench/gpu.py --smoke                      # tiny sizes, CPU, ~3 minutes: checks the script
+    python3 bench/gpu.py --smoke                      # tiny sizes, CPU: checks the script (3-6 min on 2 cores)
 
 Models: random-init, built offline with alignlab's tiny factory (`alignlab.tiny.make_tiny`, the
 code behind `alignlab make-tiny`) at the sizes of alignlab/data/model_configs.json:
@@ -612,7 +612,8 @@ def print_table(rows: list[dict], meta: dict) -> None:
         if r["run"] == "QLoRA peak / LoRA peak":
             plan = ", ".join(f"plan {m}: {fmt(r.get(f'plan_{m}_gib'), '.2f')} GiB ({fmt(r.get(f'plan_{m}_error'), '+.1%')})"
                              for m in ("lora", "qlora"))
-            print(f"| {r['job']} | {r['run']} | {fmt(r.get('ratio'), '.2f')}x · {plan} |||||||||||")
+            ratio = fmt(r.get("ratio"), ".2f") + ("x" if r.get("ratio") else "")
+            print(f"| {r['job']} | {r['run']} | {ratio} · {plan} |||||||||||")
             continue
         if "not_run" in r:
             print(f"| {r['job']} | {r['run']} | not run: {r['not_run']} |||||||||||")
