@@ -113,7 +113,10 @@ class _FusedHeadLogProbs(torch.autograd.Function):
             if need_h:
                 dh[s : s + ctx.chunk] = gz @ w
             if need_w:
-                dw.add_(gz.T @ hc)  # this chunk's product in cdt, summed over chunks in fp32
+                if gz.dtype == dw.dtype:
+                    dw.addmm_(gz.T, hc)  # fp32: in place, no weight-sized temporary
+                else:
+                    dw.add_(gz.T @ hc)  # this chunk's product in cdt, summed over chunks in fp32
             del gz
         return dh, (dw.to(weight.dtype) if need_w else None), None, None, None, None, None
 

@@ -1,6 +1,6 @@
 """Code-sandbox throughput: samples/s of the kernel sandbox (bubblewrap + separate judge) against
-the old in-interpreter sandbox (bench/_legacy_sandbox.py, the code before issue 13), same jobs,
-same machine, same run. Also prints both pass rates, which must match.
+the old in-interpreter sandbox (alignlab/eval/sandbox.py as of commit 655e87c, before issue 13, read
+from git history), same jobs, same machine, same run. Also prints both pass rates, which must match.
 
     python bench/sandbox_throughput.py [--repeats 4] [--workers 2]
 
@@ -11,16 +11,33 @@ is broken (issue 13) and must not be used for anything else.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-
-import _legacy_sandbox as legacy
 
 from alignlab.eval import sandbox
 from alignlab.eval.metrics.code import build_program
 
-DATA = Path(__file__).resolve().parents[1] / "alignlab" / "data" / "code_qa_sample.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "alignlab" / "data" / "code_qa_sample.jsonl"
+LEGACY_COMMIT = "655e87c"  # the last commit with the in-interpreter sandbox
+
+
+def load_legacy():
+    """The pre-issue-13 sandbox module, from git history (a baseline only: it is broken, see issue 13)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{LEGACY_COMMIT}:alignlab/eval/sandbox.py"],
+                         capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="legacy-sandbox-")) / "legacy_sandbox.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("legacy_sandbox", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["legacy_sandbox"] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def main() -> None:
@@ -34,6 +51,7 @@ def main() -> None:
     ok, why = sandbox.sandbox_status()
     if not ok:
         raise SystemExit(why)
+    legacy = load_legacy()
     legacy.run_many(jobs[:4], workers=args.workers)  # warm both (probes, page cache)
     sandbox.run_many(jobs[:4], workers=args.workers)
     out = {}

@@ -11,6 +11,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ARCHS = ("gemma3_text", "qwen2", "qwen3", "llama")
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA exists and are skipped (with the reason) everywhere else."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """tiny:<arch> model specs resolve into a per-session cache, never the user's."""

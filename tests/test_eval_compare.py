@@ -1,6 +1,7 @@
 """`alignlab compare` on tiny runs: report files, verdicts, pairing rules and refusals."""
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from alignlab.eval.compare import CompareError, main, run_compare
 from alignlab.eval.io import write_jsonl
 
 VERDICT_WIN = re.compile(
-    r"^(\S+) beats (\S+) on ([\w@ -]+) by (-?\d+\.\d) points, 95% CI \[(-?\d+\.\d), (-?\d+\.\d)\], d=(\d+\.\d\d)")
+    r"^(\S+) beats (\S+) on ([\w@ -]+) by (-?\d+\.\d) points, 95% CI \[(-?\d+\.\d), (-?\d+\.\d)\], d_z=(\d+\.\d\d)")
 
 
 def make_run(root, name, task, metrics_by_id, prompt="p"):
@@ -61,14 +62,52 @@ def test_verdict_numbers_match_statistics(tmp_path, two_runs):
     a, b = np.array(c["a_values"]), np.array(c["b_values"])
     assert float(diff) == pytest.approx(100 * (b - a).mean(), abs=0.051)
     assert float(d) == pytest.approx((b - a).mean() / (b - a).std(ddof=1), abs=0.006)
-    assert float(lo) < float(diff) < float(hi)
-    assert c["t_pvalue"] == pytest.approx(sps.ttest_rel(b, a).pvalue)
+    # The CI is the deciding test's own interval: scipy's paired t-interval.
+    ref = sps.ttest_rel(b, a)
+    ci = ref.confidence_interval()
+    assert (float(lo), float(hi)) == pytest.approx((100 * ci.low, 100 * ci.high), abs=0.051)
+    assert c["ci_method"] == "t" and c["t_pvalue"] == pytest.approx(ref.pvalue)
     # The noise metrics differ by chance only.
     assert "not significant on" in line and "noise" in line
     # Holm: the adjusted p is at least the raw one.
     assert all(x["pvalue_holm"] >= x["pvalue"] for x in res["comparisons"])
     exact = next(c for c in res["comparisons"] if c["metric"] == "exact")
-    assert exact["binary"] and exact["test"] == "mcnemar"
+    assert exact["binary"] and exact["test"] == "mcnemar" and exact["ci_method"] == "Tango score"
+    assert "d_z" not in exact and "g" in exact
+
+
+def test_float_noise_is_not_significant_through_compare(tmp_path):
+    # Issue 14: BERTScores equal up to the last bit came out as "X beats Y on BERTScore by 0.0 points,
+    # 95% CI [-0.0, 0.0], d=0.14" with Holm p = 0. One-ulp differences, all of one sign, are the worst case.
+    x = np.random.default_rng(2).uniform(0.6, 0.9, 40)
+    y = np.nextafter(x, 2.0)
+    a = make_run(tmp_path, "x", "summarization", {i: {"bertscore_f1": float(x[i])} for i in range(40)})
+    b = make_run(tmp_path, "y", "summarization", {i: {"bertscore_f1": float(y[i])} for i in range(40)})
+    res = run_compare([str(a), str(b)], "summarization", tmp_path / "r", n_resamples=200, plots=False)
+    c = res["comparisons"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy itself warns that the data are nearly identical
+        assert sps.ttest_rel(y, x).pvalue < 1e-10  # what a raw t-test on the noise says
+    assert not c["significant"] and c["pvalue"] == 1.0 and c["diff"] == 0.0
+    assert res["verdicts"] == ["y vs x: not significant on BERTScore"]
+
+
+def test_binary_effect_size_is_mcnemars_and_never_inf(tmp_path):
+    # Every discordant pair favours b: d_z and the odds ratio would be infinite. The verdict shows Cohen's
+    # g (= 0.5 here) and the table the odds ratio's lower bound only.
+    n = 60
+    a = make_run(tmp_path, "base", "math", {i: {"accuracy": 0.0 if i < 15 else float(i % 2)} for i in range(n)})
+    b = make_run(tmp_path, "sft", "math", {i: {"accuracy": 1.0 if i < 15 else float(i % 2)} for i in range(n)})
+    out = tmp_path / "r"
+    res = run_compare([str(a), str(b)], "math", out, n_resamples=200, plots=False)
+    c = res["comparisons"][0]
+    assert (c["mcnemar_b01"], c["mcnemar_b10"]) == (15, 0) and c["significant"]
+    assert res["verdicts"][0].startswith("sft beats base on accuracy by 25.0 points, 95% CI [")
+    assert res["verdicts"][0].endswith("g=0.50")
+    md = (out / "report.md").read_text()
+    assert "inf" not in md.lower().replace("information", "")
+    assert "OR > " in md and "Tango score" in md and "p <= alpha" in md
+    assert c["ci_low"] > 0 and c["ci_high"] < 1
 
 
 def test_refuses_different_example_sets(tmp_path, capsys):
@@ -177,15 +216,22 @@ def test_groups_match_scipy_and_apply_holm(tmp_path, seed_groups):
             assert s["mean"] == pytest.approx(x.mean()) and s["std"] == pytest.approx(x.std(ddof=1))
             lo, hi = sps.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
             assert (s["ci_low"], s["ci_high"]) == pytest.approx((lo, hi))
-    # Welch t-test over per-seed means, scipy's numbers.
+    # One method per group verdict: stats.group_ttest gives both the p and the CI.
+    from alignlab.eval import stats
+
     gc = {(c["a"], c["b"], c["metric"]): c for c in res["group_comparisons"]}
     assert len(gc) == 6 and res["family_size"] == 6  # 3 group pairs x 2 metrics
     c = gc[("base", "good", "accuracy")]
     a, b = _run_means(paths["base"], "accuracy"), _run_means(paths["good"], "accuracy")
-    w = sps.ttest_ind(b, a, equal_var=False)
-    assert c["test"] == "Welch t over seeds"
-    assert c["pvalue"] == pytest.approx(w.pvalue) and c["welch_df"] == pytest.approx(w.df)
+    ya, yb = (np.array([[json.loads(line)["metrics"]["accuracy"]
+                         for line in (q / "eval" / "math.jsonl").read_text().splitlines()] for q in paths[g]])
+              for g in ("base", "good"))
+    ref = stats.group_ttest(ya, yb)
+    assert c["test"] == "t over seeds + examples"
+    assert (c["pvalue"], c["df"], c["ci_low"], c["ci_high"]) == pytest.approx((ref.pvalue, ref.df, ref.ci_low, ref.ci_high))
     assert c["diff"] == pytest.approx(b.mean() - a.mean()) and c["ci_low"] < c["diff"] < c["ci_high"]
+    for x in res["group_comparisons"]:  # the verdict and the CI shown cannot disagree
+        assert (x["pvalue"] <= 0.05) == (not x["ci_low"] <= 0 <= x["ci_high"])
     # Holm across every group comparison (brute-force definition).
     p = np.array([c["pvalue"] for c in res["group_comparisons"]])
     order = np.argsort(p)
@@ -201,7 +247,7 @@ def test_groups_match_scipy_and_apply_holm(tmp_path, seed_groups):
     assert same["diff"] == pytest.approx(0, abs=1e-12) and same["pvalue"] == pytest.approx(1.0)
     assert not same["significant"] and not gc[("base", "same", "score")]["significant"]
     lines = res["verdicts"]
-    assert lines[0].startswith("good beats base on accuracy by ") and "Welch p=" in lines[0]
+    assert lines[0].startswith("good beats base on accuracy by ") and ", p=" in lines[0] and "(Holm)" in lines[0]
     assert lines[0].endswith("[seeds: good 3, base 3]")
     assert lines[1] == "same vs base: not significant on accuracy, score [seeds: same 3, base 3]"
 
@@ -213,7 +259,9 @@ def test_group_report_cli(tmp_path, seed_groups, capsys):
         argv += ["--group", f"{g}={','.join(ps)}"]
     assert main(argv) == 0
     md = (out / "report.md").read_text()
-    assert "## Groups" in md and "### Group differences" in md and "Welch" in md and "hierarchical bootstrap" in md
+    assert "## Groups" in md and "### Group differences" in md and "SE examples" in md and "group_ttest" in md
+    # 3 seeds: the report says plainly how little that supports, and the CLI prints it.
+    assert "> Few seeds: a group here has only 3 seeds" in md and "no evidence that the methods are equal" in md
     assert "| base | accuracy (x100) | 3 |" in md and "![groups](groups.png)" in md
     assert "## Paired differences" not in md  # single runs are not tested against each other
     assert "<h2>Groups</h2>" in (out / "report.html").read_text()
@@ -221,30 +269,19 @@ def test_group_report_cli(tmp_path, seed_groups, capsys):
     js = json.loads((out / "comparison.json").read_text())
     assert "run_values" not in js and js["family_size"] == 4  # --baseline: good-base, same-base x 2 metrics
     assert {(c["a"], c["b"]) for c in js["group_comparisons"]} == {("base", "good"), ("base", "same")}
-    assert capsys.readouterr().out.splitlines()[0].startswith("good beats base on accuracy")
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith("good beats base on accuracy") and "note: a group here has only 3" in printed
 
 
-def test_hierarchical_bootstrap_against_loop_reference():
-    from alignlab.eval import stats
-
-    rng = np.random.default_rng(3)
-    n = 40
-    a = rng.normal(0, 1, (3, n)) + rng.normal(0, 0.5, (3, 1))  # (seeds, examples), seed offsets
-    b = rng.normal(0.3, 1, (4, n)) + rng.normal(0, 0.5, (4, 1))
-    ci = stats.hierarchical_bootstrap_ci(a, b, n_resamples=4000, seed=0)
-    ref_rng = np.random.default_rng(123)
-    ref = []
-    for _ in range(4000):  # seeds of each group, then the same examples for both
-        ra, rb = a[ref_rng.integers(0, 3, 3)], b[ref_rng.integers(0, 4, 4)]
-        idx = ref_rng.integers(0, n, n)
-        ref.append(rb[:, idx].mean() - ra[:, idx].mean())
-    lo, hi = np.quantile(ref, [0.025, 0.975])
-    width = hi - lo
-    assert ci.estimate == pytest.approx(b.mean() - a.mean())
-    assert ci.low == pytest.approx(lo, abs=0.1 * width) and ci.high == pytest.approx(hi, abs=0.1 * width)
-    # Seed variance widens the interval beyond the example-only paired bootstrap of the pooled means.
-    ex_only = stats.paired_bootstrap_ci(a.mean(0), b.mean(0), n_resamples=4000, seed=0)
-    assert ci.high - ci.low > 1.2 * (ex_only.high - ex_only.low)
+def test_seed_note_only_with_few_seeds(tmp_path):
+    rng = np.random.default_rng(9)
+    groups = {"a": [str(p) for p in _seed_runs(tmp_path, "a", 5, 40, 0.4, rng)],
+              "b": [str(p) for p in _seed_runs(tmp_path, "b", 5, 40, 0.6, rng)]}
+    res = run_compare([], "math", tmp_path / "r", n_resamples=200, plots=False, groups=groups)
+    assert res["seed_note"] is None and "Few seeds" not in (tmp_path / "r" / "report.md").read_text()
+    groups["b"] = groups["b"][:4]
+    res = run_compare([], "math", tmp_path / "r", n_resamples=200, plots=False, groups=groups)
+    assert res["seed_note"].startswith("a group here has only 4 seeds, so its seed variance rests on 3 degrees")
 
 
 def test_group_with_one_seed_is_refused(tmp_path, seed_groups, capsys):

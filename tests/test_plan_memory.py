@@ -5,7 +5,7 @@ import pytest
 
 from alignlab.plan.arch import arch_from_config, load_arch
 from alignlab.plan.hardware import lookup_gpu
-from alignlab.plan.memory import GiB, Setup, estimate, weights_by_dtype
+from alignlab.plan.memory import GiB, PlanError, Setup, estimate, weights_by_dtype
 from alignlab.plan.recommend import Options, choose_precision, make_plan
 
 GEMMA = load_arch("google/gemma-3-1b-it")
@@ -148,3 +148,13 @@ def test_vllm_engine_is_held_in_every_phase_unless_it_sleeps(sleep):
     train_peak = max(p.total for p in train)
     hf_train_peak = max(p.total for p in hf.phases if p.name.startswith(("forward", "backward", "optimizer")))
     assert train_peak == pytest.approx(hf_train_peak + (0 if sleep else eng), rel=1e-9)
+
+
+def test_qlora_measurement_says_what_it_needs_instead_of_a_generic_refusal():
+    import torch
+
+    from alignlab.plan.measure import _random_4bit_model
+
+    arch = arch_from_config(dict(model_type="qwen2", **TINY, tie_word_embeddings=True))
+    with pytest.raises(PlanError, match=r"needs a CUDA device and bitsandbytes \(device cpu, bitsandbytes"):
+        _random_4bit_model(arch, Setup(method="lora"), torch.device("cpu"), torch.bfloat16)

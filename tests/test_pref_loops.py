@@ -219,30 +219,25 @@ def test_ppo_separate_critic_gets_its_own_lora_and_saves_it_beside_the_policy(tm
 @pytest.mark.parametrize("critic", ["separate", "lora_adapters"])
 def test_each_ppo_loss_reaches_only_its_own_model(tmp_path, qwen_dir, critic):
     """The policy loss never updates the critic, the value loss never the policy (gradient routing)."""
-    from alignlab import models, optim
+    from alignlab import critics, models, optim
     from alignlab.config import PPOConfig, load_config
-    from alignlab.train import ppo
 
     cfg = load_config(PPOConfig, "ppo_tiny", ppo_args(tmp_path, qwen_dir, critic, **CRITIC_RUNS[critic])[3:])
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, "fp32")
-    critic_model = ppo.load_critic(cfg, policy, tok, "fp32", None)
-    value_head = torch.nn.Linear(policy.config.hidden_size, 1)
-    torch.nn.init.normal_(value_head.weight)  # a zero head would send the trunk no gradient at all
-    trainable = torch.nn.ModuleDict({"policy": policy, "value": value_head})
-    if critic_model is not policy:
-        trainable["critic"] = critic_model
-    critic_params = ppo.critic_parameters(critic, critic_model, value_head)
-    opt, sched = ppo.build_optimizer(trainable, critic_params, cfg, 10)
+    crit = critics.build(cfg, policy, tok, "fp32", None, device)
+    torch.nn.init.normal_(crit.head.weight)  # a zero head would send the trunk no gradient at all
+    trainable, opt, sched = critics.build_optimizer(policy, crit, cfg, 10)
+    critic_params = crit.parameters()
     ids = torch.randint(3, len(tok), (2, 6), generator=torch.Generator().manual_seed(0))
     mb = {"input_ids": ids, "labels": ids.roll(-1, 1), "attention_mask": torch.ones_like(ids)}
     with torch.no_grad():  # the KL reference (lora_adapters: both adapters off, which freezes all but the active one)
-        ppo.reference_logps(policy, None if critic == "lora_adapters" else policy, mb, 1.0, critic)
+        critics.reference_logps(policy, None if critic == "lora_adapters" else policy, mb, 1.0, crit)
     in_critic = {id(p) for p in critic_params}
     policy_params = [p for p in trainable.parameters() if p.requires_grad and id(p) not in in_critic]
     assert policy_params and len(critic_params) > 2 and all(p.requires_grad for p in critic_params)
     for loss_of, moved, kept in (("policy", policy_params, critic_params), ("value", critic_params, policy_params)):
         before = [p.detach().clone() for p in kept]
-        out, values = ppo.forward(policy, critic_model, value_head, mb, 1.0, prec, device, entropy=False, mode=critic)
+        out, values = critics.forward(policy, crit, mb, 1.0, prec, device, entropy=False)
         loss = -out["log_probs"].mean() if loss_of == "policy" else ((values - 1) ** 2).mean()
         loss.backward()
         assert all(p.grad is None for p in kept), loss_of
@@ -255,32 +250,30 @@ def test_each_ppo_loss_reaches_only_its_own_model(tmp_path, qwen_dir, critic):
 
 def test_lora_adapters_value_gradient_is_exact_under_activation_checkpointing(tmp_path, qwen_dir):
     """Checkpointing recomputes the value forward during backward: it must run with the value adapter."""
-    from alignlab import models
+    from alignlab import critics, models
     from alignlab.config import PPOConfig, load_config
-    from alignlab.train import ppo
 
     cfg = load_config(PPOConfig, "ppo_tiny", ppo_args(tmp_path, qwen_dir, "gc", **CRITIC_RUNS["lora_adapters"],
                                                       **{"model.gradient_checkpointing": "true"})[3:])
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, "fp32")
-    ppo.load_critic(cfg, policy, tok, "fp32", None)
+    crit = critics.build(cfg, policy, tok, "fp32", None, device)
     with torch.no_grad():  # the two adapters must differ, or the wrong one gives the same activations
         for n, p in policy.named_parameters():
             if "lora_B.default" in n:
                 p.normal_(generator=torch.Generator().manual_seed(1))
-    value_head = torch.nn.Linear(policy.config.hidden_size, 1)
-    torch.nn.init.normal_(value_head.weight)
+    torch.nn.init.normal_(crit.head.weight)
     ids = torch.randint(3, len(tok), (2, 6), generator=torch.Generator().manual_seed(0))
     mb = {"input_ids": ids, "labels": ids.roll(-1, 1), "attention_mask": torch.ones_like(ids)}
 
     def grads(training: bool) -> dict:  # transformers checkpoints layers in training mode only
         policy.train(training)
         policy.zero_grad(set_to_none=True)
-        out, values = ppo.forward(policy, policy, value_head, mb, 1.0, prec, device, entropy=False, mode="lora_adapters")
-        ppo.backward_by_adapter(policy, -out["log_probs"].mean(), ((values - 1) ** 2).mean())
+        out, values = critics.forward(policy, crit, mb, 1.0, prec, device, entropy=False)
+        crit.backward(-out["log_probs"].mean(), ((values - 1) ** 2).mean())
         return {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
 
     checkpointed, plain = grads(True), grads(False)
-    assert checkpointed.keys() == plain.keys() and any(ppo.is_value_adapter(n) for n in plain)
+    assert checkpointed.keys() == plain.keys() and any(critics.is_value_adapter(n) for n in plain)
     assert all(torch.allclose(checkpointed[n], plain[n], rtol=1e-4, atol=1e-6) for n in plain)
 
 

@@ -1,12 +1,14 @@
 """`alignlab compare RUN_A RUN_B [RUN_C ...] --task T`: paired comparison of evaluated runs.
 
 Reads ``<run>/eval/<task>.jsonl`` from each run directory (or eval files given directly), pairs
-the rows by ``id``, and for every pair of runs and every metric they share computes: the mean
-difference with a paired bootstrap 95% CI, the paired t-test, the Wilcoxon signed-rank test,
-Cohen's d_z (paired) and pooled d, and McNemar's test for 0/1 metrics. The primary test (McNemar
-for 0/1 metrics, the paired t-test otherwise) is Holm-corrected across *all* comparisons in the
-report (every pair x every metric), and only Holm-significant differences get a "beats" verdict
-("is higher than" for metrics without a better direction, such as the refusal rate).
+the rows by ``id``, and for every pair of runs and every metric they share computes the mean
+difference and one method that both decides and sizes it (``stats.paired_comparison``): for 0/1
+metrics McNemar's test with the Tango score CI of the risk difference and McNemar's effect sizes
+(Cohen's g, the conditional odds ratio b01/b10); otherwise the paired t-test with its t-interval
+and Cohen's d_z. The Wilcoxon signed-rank p is shown as a check. The primary test is
+Holm-corrected across *all* comparisons in the report (every pair x every metric), and only
+Holm-significant differences (adjusted p <= alpha) get a "beats" verdict ("is higher than" for
+metrics without a better direction, such as the refusal rate).
 
 Runs evaluated on different example sets are refused unless ``--intersection`` is given (then
 only the shared ids are compared, and the report says how many were dropped). Rows that share an
@@ -14,11 +16,13 @@ id but not the prompt or reference are refused too: that is a different example 
 
 Seeds: ``--group NAME=RUN1,RUN2,...`` (repeatable, at least two groups of at least two runs each)
 compares *groups* of runs, one run per training seed, instead of single runs. Per group and metric:
-the per-seed means, their mean, SD and t-interval (``stats.aggregate_seeds``). Per pair of groups:
-Welch's t-test over the per-seed means (the primary test, Holm-corrected across every group pair x
-metric) and a hierarchical bootstrap CI of the difference (resample seeds, then examples, the same
-examples for both groups), so both training-seed and test-set variance are accounted for. Every
-run of every group must be evaluated on the same examples (same rule and ``--intersection`` as above).
+the per-seed means, their mean, SD and t-interval (``stats.aggregate_seeds``). Per pair of groups,
+one method decides and sizes the difference: ``stats.group_ttest``, a t-test whose standard error
+carries the seed variance and the test set's variance without counting example noise twice
+(Satterthwaite df); its p is Holm-corrected across every group pair x metric, and its t-interval is
+the CI shown. With fewer than 5 seeds in a group the report says how little that test can conclude.
+Every run of every group must be evaluated on the same examples (same rule and ``--intersection``
+as above).
 
 Outputs in ``--out``: report.md, report.html (self-contained, plots embedded), comparison.json
 (every number), distributions.png and diff_<A>_vs_<B>.png (groups.png with ``--group``).
@@ -261,14 +265,13 @@ def compare_runs(runs: list[Run], ids: list, *, metrics: list[str] | None = None
             ok = np.isfinite(a) & np.isfinite(b)
             if ok.sum() == 0:
                 continue
-            res = stats.paired_comparison(a[ok], b[ok], n_resamples=n_resamples, seed=seed, confidence=confidence)
+            res = stats.paired_comparison(a[ok], b[ok], confidence=confidence)
             res.update(a=a_run.label, b=b_run.label, metric=m, a_values=a[ok].tolist(), b_values=b[ok].tolist())
             comparisons.append(res)
     group_stats, group_comparisons = {}, []
     if groups:
         group_stats, group_comparisons = _compare_groups(
-            runs, groups, ids, shared, per_run, baseline_only=baseline_only, seed=seed, n_resamples=n_resamples,
-            confidence=confidence)
+            runs, groups, ids, shared, per_run, baseline_only=baseline_only, confidence=confidence)
     family = group_comparisons if groups else comparisons
     if family:
         adj, rej = stats.holm([c["pvalue"] for c in family], alpha=alpha)
@@ -286,9 +289,10 @@ def compare_runs(runs: list[Run], ids: list, *, metrics: list[str] | None = None
     }
     if groups:
         result.update(mode="groups", groups=group_stats, group_comparisons=group_comparisons,
-                      group_test="Welch t-test over per-seed means (scipy.stats.ttest_ind, equal_var=False)",
-                      group_ci="hierarchical bootstrap: resample seeds within each group, then examples "
-                               "(the same examples for both groups)")
+                      group_test="t-test over seeds and examples (stats.group_ttest: seed variance plus the "
+                                 "test set's variance, Satterthwaite df)",
+                      group_ci="the same test's t-interval",
+                      seed_note=seed_note(group_comparisons, confidence))
         result["verdicts"] = verdicts(result, key="group_comparisons")
     else:
         result["mode"] = "runs"
@@ -304,7 +308,7 @@ def _pairs(k: int, baseline_only: bool) -> list[tuple[int, int]]:
 
 
 def _compare_groups(runs: list[Run], groups: dict[str, list[str]], ids: list, shared: list[str], per_run: dict, *,
-                    baseline_only: bool, seed: int, n_resamples: int, confidence: float) -> tuple[dict, list]:
+                    baseline_only: bool, confidence: float) -> tuple[dict, list]:
     """Per-group seed aggregates and the between-group comparisons (Holm is applied by the caller)."""
     by_label = {r.label: r for r in runs}
     group_stats: dict = {}
@@ -327,10 +331,32 @@ def _compare_groups(runs: list[Run], groups: dict[str, list[str]], ids: list, sh
             ok = np.all(np.isfinite(a), axis=0) & np.all(np.isfinite(b), axis=0)
             if ok.sum() == 0:
                 continue
-            res = stats.group_comparison(a[:, ok], b[:, ok], n_resamples=n_resamples, seed=seed, confidence=confidence)
+            res = stats.group_comparison(a[:, ok], b[:, ok], confidence=confidence)
             res.update(a=ga, b=gb, metric=m, runs_a=list(groups[ga]), runs_b=list(groups[gb]))
             comparisons.append(res)
     return group_stats, comparisons
+
+
+def seed_note(comparisons: list[dict], confidence: float) -> str | None:
+    """Plain words on how little a test over few seeds can conclude (None with 5+ seeds per group)."""
+    if not comparisons:
+        return None
+    k = min(min(c["seeds_a"], c["seeds_b"]) for c in comparisons)
+    if k >= 5:
+        return None
+    from scipy import stats as sps
+
+    dfs = [c["df"] for c in comparisons if c.get("df") is not None and math.isfinite(c["df"])]
+    conf = int(round(confidence * 100))
+    crit = ""
+    if dfs:
+        df = min(dfs)
+        crit = (f" The test's {conf}% critical value is t = {sps.t.ppf((1 + confidence) / 2, df):.2f} at the "
+                f"smallest df here ({df:.1f}), against {sps.norm.ppf((1 + confidence) / 2):.2f} with many seeds.")
+    return (f"a group here has only {k} seeds, so its seed variance rests on {k - 1} degree"
+            f"{'s' if k - 1 != 1 else ''} of freedom.{crit} Only a large gap, consistent across seeds, can be "
+            "called significant; intervals this wide say little, and 'not significant' is no evidence that the "
+            "methods are equal. Train 5 or more seeds per method to resolve differences of a few points")
 
 
 def _corpus(runs: list[Run], ids: list, seed: int, n_resamples: int, confidence: float) -> dict:
@@ -374,13 +400,20 @@ def _fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _fmt_effect(x) -> str:
+    """An effect size for print: 2 decimals; n/a when undefined (never inf)."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{abs(x):.2f}"
+
+
 def verdicts(result: dict, key: str = "comparisons") -> list[str]:
     """One plain-language line per pair of runs, e.g.
-    "B beats A on ROUGE-L by 2.1 points, 95% CI [0.8, 3.4], d=0.31; not significant on BERTScore".
+    "B beats A on ROUGE-L by 2.1 points, 95% CI [0.8, 3.4], d_z=0.31; not significant on BERTScore".
 
-    For groups (``key="group_comparisons"``) the CI is the hierarchical bootstrap's, the effect is
-    the Holm-adjusted Welch p, and the line ends with the seed counts:
-    "grpo beats sft on accuracy by 9.0 points, 95% CI [5.1, 12.8], Welch p=0.004 (Holm) [seeds: grpo 3, sft 3]".
+    The CI is the deciding test's own interval: the paired t-interval with d_z for continuous
+    metrics, the Tango score interval with Cohen's g (McNemar's effect size) for 0/1 metrics. For
+    groups (``key="group_comparisons"``) it is ``group_ttest``'s interval, the Holm-adjusted p
+    follows, and the line ends with the seed counts:
+    "grpo beats sft on accuracy by 9.0 points, 95% CI [5.1, 12.8], p=0.004 (Holm) [seeds: grpo 3, sft 3]".
     """
     groups = key == "group_comparisons"
     lines = []
@@ -397,13 +430,16 @@ def verdicts(result: dict, key: str = "comparisons") -> list[str]:
                     winner, loser, d, lo, hi = b, a, c["diff"], c["ci_low"], c["ci_high"]
                 else:
                     winner, loser, d, lo, hi = a, b, -c["diff"], -c["ci_high"], -c["ci_low"]
-                dz = c.get("d_z")
-                dz_s = ("n/a" if dz is None or math.isnan(dz) else "inf" if math.isinf(dz) else f"{abs(dz):.2f}")
                 verb = "is higher than" if c["metric"] in NEUTRAL_METRICS else "beats"
                 who = (winner, verb)
                 subject = "" if wins and wins[-1][0] == who else f"{winner} {verb} {loser} "
-                p_s = _fmt_p(c["pvalue_holm"]) if groups else ""
-                effect = f"Welch p{'' if p_s.startswith('<') else '='}{p_s} (Holm)" if groups else f"d={dz_s}"
+                if groups:
+                    p_s = _fmt_p(c["pvalue_holm"])
+                    effect = f"p{'' if p_s.startswith('<') else '='}{p_s} (Holm)"
+                elif c.get("binary"):
+                    effect = f"g={_fmt_effect(c.get('g'))}"
+                else:
+                    effect = f"d_z={_fmt_effect(c.get('d_z'))}"
                 wins.append((who, f"{subject}on {name} by {_fmt_diff(d, sc)}{_unit(sc)}, "
                                   f"{conf}% CI [{_fmt_diff(lo, sc)}, {_fmt_diff(hi, sc)}], {effect}"))
             else:
@@ -440,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--group", action="append", default=None, metavar="NAME=RUN1,RUN2,...",
                    help="a group of seed runs of one method (repeat for each method, at least 2 groups of at "
-                        "least 2 runs); compares groups across seeds (Welch t-test over per-seed means, "
-                        "hierarchical bootstrap CI) instead of single runs. --baseline compares every group "
+                        "least 2 runs); compares groups across seeds (a t-test carrying seed and test-set "
+                        "variance, with its own CI) instead of single runs. --baseline compares every group "
                         "with the first group.")
     return p
 
@@ -517,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in result["verdicts"]:
         print(line)
+    if result.get("seed_note"):
+        print(f"note: {result['seed_note']}.")
     if result.get("sample_size_note"):
         print(f"note: {result['sample_size_note']}")
     print(f"report: {Path(out) / 'report.md'} and {Path(out) / 'report.html'}")

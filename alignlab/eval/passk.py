@@ -12,6 +12,8 @@ Averaging it over problems gives an unbiased estimate of the expected pass@k; th
 
 maj@k (Wang et al. 2022, self-consistency, arXiv 2203.11171): the answer given most often
 among k samples is the system's answer; the problem counts as solved when that answer is correct.
+A tie between several most frequent answers scores the share of them that are correct (the
+expected score of a random tie-break), so the order of the samples never matters.
 """
 from __future__ import annotations
 
@@ -45,34 +47,46 @@ def pass_at_k_array(ns: Sequence[int], cs: Sequence[int], k: int) -> np.ndarray:
     return np.array([pass_at_k(int(n), int(c), k) for n, c in zip(ns, cs)], dtype=np.float64)
 
 
-def majority_vote(answers: Sequence[Hashable | None]) -> Hashable | None:
-    """Most frequent non-None answer; ties go to the answer seen first. None when all are None."""
-    valid = [a for a in answers if a is not None]
-    if not valid:
-        return None
-    counts = Counter(valid)
+def majority_leaders(answers: Sequence[Hashable | None]) -> list[Hashable]:
+    """Every non-None answer given most often (the tied leaders), in a canonical order that does
+    not depend on the order of the samples: sorted by (type name, repr). [] when all are None."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return []
     best = max(counts.values())
-    for a in valid:  # first occurrence among the tied leaders
-        if counts[a] == best:
-            return a
-    return None  # unreachable
+    return sorted((a for a, c in counts.items() if c == best), key=lambda a: (type(a).__name__, repr(a)))
+
+
+def majority_vote(answers: Sequence[Hashable | None]) -> Hashable | None:
+    """Most frequent non-None answer; a tie goes to the first tied leader in ``majority_leaders``'
+    canonical order, so shuffling the samples never changes the vote. None when all are None."""
+    leaders = majority_leaders(answers)
+    return leaders[0] if leaders else None
 
 
 def maj_at_k(answers: Sequence[Hashable | None], is_correct: Callable[[Hashable], bool],
              k: int | None = None) -> float:
-    """1.0 when the majority answer of the first k answers is correct, else 0.0.
+    """Majority-vote score of the first k answers: the share of the tied leaders that are correct.
 
-    ``answers`` are already normalised (e.g. ``normalize_answer`` strings; None for a sample with
-    no parsable answer, which does not vote). ``is_correct`` grades the winning answer.
+    Without a tie that is 1.0 (the majority answer is correct) or 0.0. With a tie between m answers
+    it is the expected score of breaking the tie uniformly at random (e.g. 0.5 for a 2-2 split
+    between a right and a wrong answer): independent of the order of the samples and unbiased,
+    unlike "first seen wins", which let the sampling order decide. ``answers`` are already
+    normalised (e.g. ``normalize_answer`` strings; None for a sample with no parsable answer,
+    which does not vote). ``is_correct`` grades each leader; a grader exception counts as wrong.
     """
     if k is not None:
         if k < 1 or k > len(answers):
             raise ValueError(f"maj@{k} needs 1 <= k <= {len(answers)} answers")
         answers = answers[:k]
-    winner = majority_vote(answers)
-    if winner is None:
+    leaders = majority_leaders(answers)
+    if not leaders:
         return 0.0
-    try:
-        return float(bool(is_correct(winner)))
-    except Exception:
-        return 0.0
+
+    def graded(a: Hashable) -> float:
+        try:
+            return float(bool(is_correct(a)))
+        except Exception:
+            return 0.0
+
+    return sum(graded(a) for a in leaders) / len(leaders)

@@ -160,9 +160,28 @@ def _run_table(result: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+def _effect(x) -> str:
+    """An effect size: 3 significant digits, n/a when undefined; never inf."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def _effect_cell(c: dict) -> str:
+    """d_z for continuous metrics; for 0/1 metrics McNemar's g and the conditional odds ratio with CIs."""
+    if not c.get("binary"):
+        return f"d_z {_effect(c.get('d_z'))}"
+    if c.get("g") is None:
+        return "g n/a (no discordant pairs)"
+    g = f"g {_effect(c['g'])} [{_effect(c['g_low'])}, {_effect(c['g_high'])}]"
+    if c.get("odds_ratio") is None:  # b10 = 0: unbounded above
+        return f"{g}; OR > {_effect(c['or_low'])}"
+    return f"{g}; OR {_effect(c['odds_ratio'])} [{_effect(c['or_low'])}, " + (
+        "unbounded]" if c.get("or_high") is None else f"{_effect(c['or_high'])}]")
+
+
 def _diff_table(result: dict) -> tuple[list[str], list[list[str]]]:
-    head = ["comparison", "metric", "n", "diff", "95% CI", "test", "p", "p (Holm)", "Wilcoxon p",
-            "d_z", "d (pooled)", "significant"]
+    conf = int(round(result["confidence"] * 100))
+    head = ["comparison", "metric", "n", "diff", f"{conf}% CI", "CI method", "test", "p", "p (Holm)", "Wilcoxon p",
+            "effect size", "d (pooled)", "significant"]
     rows = []
     for c in result["comparisons"]:
         sc = result["scale"][c["metric"]]
@@ -171,9 +190,9 @@ def _diff_table(result: dict) -> tuple[list[str], list[list[str]]]:
             test += f" ({c['mcnemar_b01']}/{c['mcnemar_b10']})"
         rows.append([f"{c['b']} - {c['a']}", display_name(c["metric"]), str(c["n"]),
                      ("+" if c["diff"] > 0 else "") + _fmt(c["diff"], sc),
-                     f"[{_fmt(c['ci_low'], sc)}, {_fmt(c['ci_high'], sc)}]", test, _fmt_p(c["pvalue"]),
-                     _fmt_p(c["pvalue_holm"]), _fmt_p(c["wilcoxon_pvalue"]), _fmt(c["d_z"], 1.0),
-                     _fmt(c["d_pooled"], 1.0), "yes" if c["significant"] else "no"])
+                     f"[{_fmt(c['ci_low'], sc)}, {_fmt(c['ci_high'], sc)}]", c["ci_method"], test, _fmt_p(c["pvalue"]),
+                     _fmt_p(c["pvalue_holm"]), _fmt_p(c["wilcoxon_pvalue"]), _effect_cell(c),
+                     "n/a" if c.get("binary") else _effect(c.get("d_pooled")), "yes" if c["significant"] else "no"])
     return head, rows
 
 
@@ -196,17 +215,16 @@ def _group_table(result: dict) -> tuple[list[str], list[list[str]]]:
 
 def _group_diff_table(result: dict) -> tuple[list[str], list[list[str]]]:
     conf = int(round(result["confidence"] * 100))
-    head = ["comparison", "metric", "seeds", "examples", "diff", f"{conf}% CI (hierarchical bootstrap)",
-            f"{conf}% CI (Welch)", "Welch t (df)", "p", "p (Holm)", "d (seeds)", "significant"]
+    head = ["comparison", "metric", "seeds", "examples", "diff", f"{conf}% CI (t)", "SE seeds", "SE examples",
+            "t (df)", "p", "p (Holm)", "d (seeds)", "significant"]
     rows = []
     for c in result["group_comparisons"]:
         sc = result["scale"][c["metric"]]
         rows.append([f"{c['b']} - {c['a']}", display_name(c["metric"]), f"{c['seeds_b']} vs {c['seeds_a']}",
                      str(c["n"]), ("+" if c["diff"] > 0 else "") + _fmt(c["diff"], sc),
-                     f"[{_fmt(c['ci_low'], sc)}, {_fmt(c['ci_high'], sc)}]",
-                     f"[{_fmt(c['welch_ci_low'], sc)}, {_fmt(c['welch_ci_high'], sc)}]",
-                     f"{_fmt(c['welch_t'], 1.0)} ({c['welch_df']:.1f})", _fmt_p(c["pvalue"]),
-                     _fmt_p(c["pvalue_holm"]), _fmt(c["d_seeds"], 1.0), "yes" if c["significant"] else "no"])
+                     f"[{_fmt(c['ci_low'], sc)}, {_fmt(c['ci_high'], sc)}]", _fmt(c["se_seeds"], sc, 2),
+                     _fmt(c["se_examples"], sc, 2), f"{_effect(c['t'])} ({c['df']:.1f})", _fmt_p(c["pvalue"]),
+                     _fmt_p(c["pvalue_holm"]), _effect(c["d_seeds"]), "yes" if c["significant"] else "no"])
     return head, rows
 
 
@@ -248,32 +266,38 @@ def _method_lines(result: dict) -> list[str]:
             "Each run is one training seed of its group. A seed's score is its mean over the examples; a group's "
             f"mean ± SD and {conf}% t-interval are taken over its seeds (n = seeds, df = n - 1), so they "
             "reflect training variance.",
-            "Primary test between groups: Welch's t-test over the per-seed means "
-            "(scipy.stats.ttest_ind, equal_var=False; seeds are the unit of replication).",
-            f"CI of the difference (later group minus earlier group): {conf}% percentile hierarchical bootstrap "
-            f"({result['n_resamples']} resamples, seed {result['seed']}): each resample draws seeds with "
-            "replacement within each group, then examples with replacement, the same examples for both groups. "
-            "It carries seed and test-set variance, but with few seeds it understates the seed level (its "
-            "bootstrap variance is (k-1)/k of the sample variance, without t's heavy tails), so the verdict "
-            "rests on the Welch test; the Welch interval over seed means is shown too.",
+            "One method decides and sizes each difference between groups (later group minus earlier group): a "
+            "t-test whose standard error adds the seed variance (the spread of each group's per-seed means) and "
+            "the test set's variance (the spread over examples of the seed-averaged difference, less the per-seed "
+            "example noise already inside the seed spread, so no noise is counted twice), with Satterthwaite "
+            f"degrees of freedom (alignlab.eval.stats.group_ttest). The {conf}% CI is that test's t-interval; SE "
+            "seeds and SE examples show where the uncertainty comes from.",
             f"Holm correction across all {result['family_size']} group comparisons in this report "
             f"(family-wise alpha {result['alpha']}); a difference is called significant only when its "
-            "Holm-adjusted Welch p is below alpha. Single runs are not tested against each other.",
+            "Holm-adjusted p is at or below alpha (p <= alpha). Single runs are not tested against each other.",
             "d (seeds) = difference of group means / pooled SD of the per-seed means (seed-level effect size).",
-            "Per-run means below carry bootstrap CIs over examples (test-set variance of that seed only).",
+            f"Per-run means below carry {conf}% BCa bootstrap CIs over examples ({result['n_resamples']} resamples, "
+            f"seed {result['seed']}; test-set variance of that seed only).",
             "Metrics on a 0-1 scale are shown in points (x100).",
         ]
     return [
         f"Examples are paired by id ({result['n_examples']} shared examples"
         + (", intersection of the runs' example sets" if result.get("intersection") else "") + ").",
-        f"Run means carry {conf}% percentile bootstrap CIs; differences (later run minus earlier run) carry "
-        f"paired bootstrap CIs ({result['n_resamples']} resamples of examples, seed {result['seed']}).",
-        "Primary test: McNemar (exact binomial below 25 discordant pairs) for 0/1 metrics, the paired t-test "
-        "otherwise; the Wilcoxon signed-rank p is shown as a distribution-free check.",
+        f"Run means carry {conf}% BCa bootstrap CIs ({result['n_resamples']} resamples of examples, seed "
+        f"{result['seed']}; BCa with the small-sample t expansion, alignlab.eval.stats.bootstrap_ci).",
+        "Each difference (later run minus earlier run) is decided and sized by one method. 0/1 metrics: McNemar's "
+        "test (exact binomial below 25 discordant pairs, else chi-square with continuity correction) and the "
+        f"Tango score {conf}% CI of the risk difference, which inverts the test McNemar approximates. Other "
+        f"metrics: the paired t-test and its {conf}% t-interval. The Wilcoxon signed-rank p (continuity-corrected "
+        "normal approximation when not exact) is shown as a distribution-free check.",
         f"Holm correction across all {result['family_size']} comparisons in this report "
         f"(family-wise alpha {result['alpha']}); a difference is called significant only when its "
-        "Holm-adjusted p is below alpha.",
-        "Effect sizes: d_z = mean(diff) / sd(diff) (paired); pooled d = mean difference / pooled SD.",
+        "Holm-adjusted p is at or below alpha (p <= alpha).",
+        "Effect sizes: continuous metrics d_z = mean(diff) / sd(diff) (paired) and pooled d = mean difference / "
+        "pooled SD; 0/1 metrics McNemar's effect on the discordant pairs, Cohen's g = b01 / (b01 + b10) - 1/2 and "
+        "the conditional odds ratio b01 / b10, with exact (Clopper-Pearson) CIs. n/a: undefined (no spread, no "
+        "discordant pairs).",
+        "Differences within floating-point rounding of the scores count as ties.",
         "Metrics on a 0-1 scale are shown in points (x100).",
     ]
 
@@ -300,6 +324,7 @@ def write_reports(result: dict, out_dir: Path, images: dict[str, Path]) -> tuple
         group_intro = (f"Primary test: {result['group_test']}; CI of the difference: {result['group_ci']}; "
                        f"Holm-corrected across {result['family_size']} comparisons.")
     note = result.get("sample_size_note")
+    seeds_note = result.get("seed_note")
 
     md = [f"# {title}", "", "Runs:", ""]
     md += [f"- {line}" for line in _header_lines(result)]
@@ -307,12 +332,14 @@ def write_reports(result: dict, out_dir: Path, images: dict[str, Path]) -> tuple
     if note:
         md += [f"> Note: {note}.", ""]
     md += ["## Verdicts", ""] + [f"- {v}" for v in result["verdicts"]] + [""]
+    if seeds_note:
+        md += [f"> Few seeds: {seeds_note}.", ""]
     if grouped:
         md += ["## Groups", "", group_intro, "", "### Per group, across seeds", "", _md_table(group_head, group_rows),
                "", "### Group differences", "", _md_table(gdiff_head, gdiff_rows), ""]
-    md += ["## Metrics (mean, 95% bootstrap CI)", "", _md_table(run_head, run_rows), ""]
+    md += ["## Metrics (mean, 95% BCa bootstrap CI)", "", _md_table(run_head, run_rows), ""]
     if corpus:
-        md += ["## Corpus-level safety metrics (x100, 95% bootstrap CI)", "", _md_table(*corpus), ""]
+        md += ["## Corpus-level safety metrics (x100, 95% percentile bootstrap CI)", "", _md_table(*corpus), ""]
     if diff_rows:
         md += ["## Paired differences", "", _md_table(diff_head, diff_rows), ""]
     if images:
@@ -334,12 +361,14 @@ def write_reports(result: dict, out_dir: Path, images: dict[str, Path]) -> tuple
     if note:
         h.append(f"<p class='note'>Note: {html.escape(note)}.</p>")
     h += ["<h2>Verdicts</h2><ul>"] + [f"<li>{html.escape(v)}</li>" for v in result["verdicts"]] + ["</ul>"]
+    if seeds_note:
+        h.append(f"<p class='note'>Few seeds: {html.escape(seeds_note)}.</p>")
     if grouped:
         h += ["<h2>Groups</h2>", f"<p>{html.escape(group_intro)}</p>", "<h3>Per group, across seeds</h3>",
               _html_table(group_head, group_rows), "<h3>Group differences</h3>", _html_table(gdiff_head, gdiff_rows)]
-    h += ["<h2>Metrics (mean, 95% bootstrap CI)</h2>", _html_table(run_head, run_rows)]
+    h += ["<h2>Metrics (mean, 95% BCa bootstrap CI)</h2>", _html_table(run_head, run_rows)]
     if corpus:
-        h += ["<h2>Corpus-level safety metrics (x100, 95% bootstrap CI)</h2>", _html_table(*corpus)]
+        h += ["<h2>Corpus-level safety metrics (x100, 95% percentile bootstrap CI)</h2>", _html_table(*corpus)]
     if diff_rows:
         h += ["<h2>Paired differences</h2>", _html_table(diff_head, diff_rows)]
     if images:

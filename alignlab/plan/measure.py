@@ -74,12 +74,13 @@ def build_model(arch: Arch, setup: Setup, device: torch.device, seed: int = 0):
     from transformers import AutoModelForCausalLM
 
     dt = resolve_dtypes(setup)
-    if dt["weights"] == "nf4":
-        raise PlanError("--measure with QLoRA needs CUDA and bitsandbytes; measure --method lora instead")
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(arch), attn_implementation=setup.attn_impl,
-                                             dtype=_DT[dt["weights"]])
-    model.to(device)
+    if dt["weights"] == "nf4":
+        model = _random_4bit_model(arch, setup, device, _DT[dt["compute"]])
+    else:
+        model = AutoModelForCausalLM.from_config(hf_config(arch), attn_implementation=setup.attn_impl,
+                                                 dtype=_DT[dt["weights"]])
+        model.to(device)
     if setup.grad_ckpt:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -93,6 +94,27 @@ def build_model(arch: Arch, setup: Setup, device: torch.device, seed: int = 0):
             model.enable_input_require_grads()
     model.train()
     return model
+
+
+def _random_4bit_model(arch: Arch, setup: Setup, device: torch.device, compute: torch.dtype):
+    """QLoRA: a random model saved once, then loaded 4-bit exactly as alignlab's training loads a base
+    (models.load_causal_lm with the NF4 quantisation config), so the measured step is the trained one."""
+    import importlib.util
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        have = f"device {device.type}, bitsandbytes {'installed' if importlib.util.find_spec('bitsandbytes') else 'missing'}"
+        raise PlanError(f"--measure with QLoRA needs a CUDA device and bitsandbytes ({have}); "
+                        "measure --method lora instead, or run on a GPU with pip install bitsandbytes")
+    from alignlab.models import qlora_quantization_config
+
+    with tempfile.TemporaryDirectory(prefix="alignlab-measure-") as tmp:
+        AutoModelForCausalLM.from_config(hf_config(arch), dtype=compute).save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(
+            tmp, dtype=compute, attn_implementation=setup.attn_impl,
+            quantization_config=qlora_quantization_config(compute), device_map={"": device.index or 0})
 
 
 def _batch(arch: Arch, setup: Setup, device: torch.device, seed: int):

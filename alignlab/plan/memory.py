@@ -360,7 +360,7 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
             # is added into the accumulator; the accumulator is cast to the weight dtype once at the end
             acc32 = V * H * 4 if head_trains else 0
             cast = V * H * g_bytes if (head_trains and g_bytes != 4) else 0
-            chunk_w = V * H * a_c if head_trains else 0
+            chunk_w = V * H * a_c if (head_trains and a_c != 4) else 0  # fp32 adds in place (addmm_)
             bwd_head = N * H * a_c + head_wcopy + acc32 + max(2 * cV4 + c * V * a_c, c * V * a_c + chunk_w, cast)
             bwd_head_detail = (f"grad of the final hidden states + head weight in the compute dtype + fp32 "
                                f"head-weight accumulator + max(2 x {c} x vocab x 4 B [recomputed softmax] + "

@@ -8,7 +8,7 @@ reward). For a problem with n samples the row metrics are the means over samples
 * ``answer_reward``  share of samples whose answer is right (graded only when formatted);
 * ``maj@n``          (n > 1) 1 when the most common normalised answer among the formatted
                      samples is right (``normalize_answer`` strings vote; unformatted samples
-                     abstain);
+                     abstain); a tie scores the share of the tied answers that are right;
 * ``pass@k``         (n > 1, each requested k <= n) the unbiased estimator from
                      ``alignlab.eval.passk``.
 """
