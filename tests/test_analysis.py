@@ -218,3 +218,99 @@ def test_report_in_a_real_browser(gemma, tmp_path):
     assert n_img == 4 and loaded
     assert n_tables == 3  # samples, weights per layer, weights by layer type
     assert any("Training curves" in h for h in headings) and any("Analyses" in h for h in headings)
+
+
+# ---- activations ----
+
+def test_residual_stats_known_answers():
+    from alignlab.analysis.activations import residual_stats
+
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0]])
+    s = residual_stats(x)
+    assert s["norm"] == pytest.approx(2.5) and s["mean"] == pytest.approx(1.75)
+    g = torch.Generator().manual_seed(0)
+    gauss = residual_stats(torch.randn(4000, 64, generator=g))
+    assert abs(gauss["kurtosis"]) < 0.1 and gauss["outlier_frac"] < 1e-4
+    spiky = torch.randn(4000, 64, generator=g)
+    spiky[:, 0] *= 100  # one massive-activation channel
+    s = residual_stats(spiky)
+    assert s["kurtosis"] > 20 and s["outlier_frac"] > 1e-3
+
+
+def test_activations_and_gradient_flow_cli(gemma, tmp_path):
+    out = tmp_path / "act"
+    assert cli(["analyze", "activations", "--model", str(gemma["base"]), "--grad-steps", "2", "--max-prompts", "2",
+                "--out", str(out)]) == 0
+    res = json.loads((out / "activations.json").read_text())
+    assert len(res["model"]["layers"]) == 6 and res["vs"] is None
+    gf = res["grad_flow"]
+    assert len(gf["steps"]) == 2 and all(len(s["grad_norm"]) == 6 and min(s["grad_norm"]) > 0 for s in gf["steps"])
+    assert (out / "grad_flow.png").exists()
+
+
+# ---- capacity ----
+
+def test_memorised_bits_oracle_and_units():
+    from alignlab.analysis.capacity import memorised_bits
+
+    V, S_pred, N = 16, 7, 3
+    H = N * S_pred * math.log2(V)
+    eps = 1e-3  # an oracle giving the true token probability 1 - eps
+    oracle = torch.full((N,), -S_pred * math.log2(1 - eps))
+    assert H * 0.99 < memorised_bits(oracle, S_pred, V) <= H
+    assert memorised_bits(torch.full((N,), S_pred * math.log2(V)), S_pred, V) == pytest.approx(0.0)
+    worse = torch.tensor([S_pred * math.log2(V) + 50, 0.0, S_pred * math.log2(V)])  # clipped: no cancelling
+    assert memorised_bits(worse, S_pred, V) == pytest.approx(S_pred * math.log2(V))
+
+
+def test_capacity_meter_reports_the_entropy_of_a_memorised_set():
+    from alignlab.analysis.capacity import (build_model, memorised_bits, random_sequences, sequence_nll_bits,
+                                            train)
+
+    torch.manual_seed(0)
+    N, S, V = 4, 12, 32
+    H = N * (S - 1) * math.log2(V)  # 220 bits
+    ids = random_sequences(N, S, V, seed=1)
+    model = build_model(32, 1, V, S)
+    assert memorised_bits(sequence_nll_bits(model, ids), S - 1, V) < 0.01 * H  # untrained: ~nothing
+    train(model, ids, steps=120, lr=1e-2)
+    assert memorised_bits(sequence_nll_bits(model, ids), S - 1, V) == pytest.approx(H, rel=0.03)
+
+
+def test_capacity_cli_refuses_bad_input(capsys):
+    assert cli(["analyze", "capacity", "--hidden", "a,b"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
+    assert cli(["analyze", "capacity", "--model", "x"]) == 2
+    assert "--members" in capsys.readouterr().err
+
+
+# ---- memory ----
+
+def test_memory_profiler_agrees_with_plan_measure(qwen_dir, tmp_path):
+    """The same SFT step (full fine-tuning, fp32, micro-batch 2 x 32 tokens) through `analyze memory`
+    and through plan --measure's machinery: per-phase peaks agree."""
+    from alignlab.analysis.memory import load_any_config, planner_setup, profile, shape_of
+    from alignlab.plan.arch import load_arch
+    from alignlab.plan.measure import measure
+
+    task, cfg = load_any_config("sft_tiny", [f"model.path={qwen_dir}", "training.micro_batch_seqs=2",
+                                             "training.global_batch_seqs=2", "data.max_seq_len=32"])
+    res = profile(task, cfg)
+    setup = planner_setup(task, cfg, shape_of(task, cfg), "cpu")
+    assert setup.micro_batch == 2 and setup.seq_len == 32 and setup.method == "full"
+    ref = measure(load_arch(str(qwen_dir)), setup, device="cpu")
+    for ph in ("forward", "backward", "optimizer"):
+        assert res["phases"][ph] == pytest.approx(ref.phases[ph], rel=0.05), ph
+
+
+def test_memory_cli_prints_against_the_planner(qwen_dir, tmp_path, capsys):
+    out = tmp_path / "mem"
+    assert cli(["analyze", "memory", "-c", "sft_tiny", f"model.path={qwen_dir}", "training.micro_batch_seqs=2",
+                "training.global_batch_seqs=2", "data.max_seq_len=16", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "planner MiB" in text and "backward" in text
+    rows = json.loads((out / "memory.json").read_text())["phases"]
+    assert {r["phase"] for r in rows} == {"forward", "backward", "optimizer"}
+    assert all(abs(r["error"]) < 0.25 for r in rows)
+    assert cli(["analyze", "memory", "-c", "sft_tiny", "optim.lrr=1"]) == 2
+    assert "not an SFT, DPO or GRPO config" in capsys.readouterr().err
