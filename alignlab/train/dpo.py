@@ -85,7 +85,7 @@ def reference_logps(model, pairs, pad_id, device, prec, micro: int, use_adapter_
 
 def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     t, d = cfg.training, cfg.dpo
-    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    tok = models.start_tokenizer(cfg.model.path)
     train = data.encode_pairs(data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train), tok, cfg.data)
     held = (data.encode_pairs(data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval), tok, cfg.data)
             if cfg.data.eval else [])
