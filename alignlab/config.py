@@ -97,7 +97,9 @@ class TrainingConfig(Strict):
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_last: int = Field(2, gt=0)
-    log_every: int = Field(1, gt=0)
+    log_every: int | None = Field(None, gt=0, description=(
+        "print a plain progress line (loss, tokens/s, ETA) every N steps, on a terminal too instead of the live bar; "
+        "null: the live bar on a terminal, about 20 lines per run otherwise. metrics.jsonl gets every step either way"))
     resume: str = Field("auto", description="auto | never | path to a checkpoints/step_N folder")
     hooks: list[str] = Field(
         default_factory=list, description="'module:object' paths of objects with on_start/on_step_end/on_eval/on_save"
@@ -234,9 +236,12 @@ class RunConfig(Strict):
     """Bookkeeping shared by the RL loops; eval/save counts are in rollout steps (EI: rounds)."""
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    eval_every: int = Field(0, ge=0)
-    save_every: int = Field(0, ge=0)
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (EI: rounds); 0: only at the end")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (EI: rounds); 0: only at the end")
     keep_last: int = Field(2, gt=0)
+    log_every: int | None = Field(None, gt=0, description=(
+        "print a plain progress line (loss, tokens/s, ETA) every N steps, on a terminal too instead of the live bar; "
+        "null: the live bar on a terminal, about 20 lines per run otherwise. metrics.jsonl gets every step either way"))
     resume: str = "auto"
     hooks: list[str] = Field(default_factory=list)
 
@@ -277,13 +282,17 @@ class EIRoundConfig(Strict):
         return self
 
 
+class EITrainingConfig(RunConfig):
+    eval_every: int = Field(1, ge=0, description="evaluate held-out accuracy every N rounds; 0: only after the last")
+
+
 class EIConfig(RunBase):
     name: str = "ei"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ei: EIRoundConfig = Field(default_factory=EIRoundConfig)
-    training: RunConfig = Field(default_factory=RunConfig)
+    training: EITrainingConfig = Field(default_factory=EITrainingConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
 
 
@@ -300,7 +309,15 @@ class PrefDataConfig(Strict):
     format: Literal["plain", "chat"] = "plain"
     max_seq_len: int = Field(128, gt=0)
     on_too_long: Literal["error", "truncate", "drop"] = "error"
-    packing: bool = False
+    packing: bool = Field(False, description="not supported for pairs; refused when true")
+
+    @model_validator(mode="after")
+    def _no_packing(self) -> "PrefDataConfig":
+        if self.packing:  # a pair's log-prob is a per-row sum; packed rows would need per-segment sums
+            raise ValueError("data.packing=true is not supported for preference pairs (DPO, RM): chosen and rejected "
+                             "are scored one sequence per row. Remove data.packing (length bucketing already "
+                             "keeps padding low)")
+        return self
 
 
 class PrefTrainingConfig(RunConfig):

@@ -147,9 +147,9 @@ class LineProgress:
     """Progress for logs and CI (no terminal): one plain line every ~5% of the steps, with loss,
     tokens/s and ETA, and messages printed as they happen (a live bar would hold them back)."""
 
-    def __init__(self, total: int, start: int, description: str):
+    def __init__(self, total: int, start: int, description: str, every: int | None = None):
         self.total, self.done, self.description = total, start, description
-        self.every = max(1, total // 20)
+        self.every = every or max(1, total // 20)
         self.t0, self.start = time.time(), start
         self.task_ids = [0]
         self.console = console
@@ -170,10 +170,11 @@ class LineProgress:
                       f"elapsed {time.time() - self.t0:.0f}s ETA {eta:.0f}s", highlight=False)
 
 
-def progress(total: int, start: int = 0, description: str = "train"):
-    """A rich live bar on a terminal; plain periodic lines otherwise."""
-    if not console.is_terminal:
-        return LineProgress(total, start, description)
+def progress(total: int, start: int = 0, description: str = "train", every: int | None = None):
+    """A rich live bar on a terminal; plain periodic lines otherwise (about 20 a run). `every`
+    (training.log_every): a plain line every that many steps, on a terminal too."""
+    if every is not None or not console.is_terminal:
+        return LineProgress(total, start, description, every)
     p = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),

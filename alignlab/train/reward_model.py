@@ -73,7 +73,7 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
         run.log(0, **evaluate())
     sampler = data.StepSampler(len(train), t.global_batch_pairs, cfg.seed)
     model.train()
-    with tracking.progress(total_steps, start, cfg.name) as bar:
+    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             idx_all = sampler.indices(step)

@@ -117,7 +117,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
 
     sampler = data.StepSampler(len(train_set), t.global_batch_seqs, cfg.seed)
     policy.train()
-    with tracking.progress(total_steps, start, cfg.name) as bar:
+    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
