@@ -139,9 +139,9 @@ class ArithmeticConfig(Strict):
 class DataConfig(Strict):
     train: str = Field("builtin:arithmetic", description="JSONL path, builtin:arithmetic, or hf:<path>[:split]")
     eval: str | None = Field("builtin:arithmetic", description="Held-out set (same forms); null disables eval.")
-    format: Literal["plain", "chat"] = Field(
-        "plain", description="plain: prompt+response text; chat: apply the tokenizer's chat template."
-    )
+    format: Literal["auto", "plain", "chat"] = Field(
+        "auto", description="auto: conversational data (message lists) through the tokenizer's chat template, text "
+        "as it is; plain: text only; chat: the chat template for text too (prompt = user, response = assistant).")
     max_seq_len: int = Field(128, gt=0)
     on_too_long: Literal["error", "truncate", "drop"] = "error"
     packing: bool = False
@@ -306,7 +306,7 @@ class PrefDataConfig(Strict):
     eval: str | None = Field("builtin:arithmetic", description="held-out pairs (same forms); null disables")
     n_train: int = Field(1024, gt=0, description="pairs drawn from builtin:arithmetic (other sets use every line)")
     n_eval: int = Field(256, gt=0)
-    format: Literal["plain", "chat"] = "plain"
+    format: Literal["auto", "plain", "chat"] = Field("auto", description="as data.format of SFT")
     max_seq_len: int = Field(128, gt=0)
     on_too_long: Literal["error", "truncate", "drop"] = "error"
     packing: bool = Field(False, description="not supported for pairs; refused when true")
