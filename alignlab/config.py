@@ -339,6 +339,9 @@ class DPOSection(Strict):
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's eps: the share of labels assumed flipped")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
+    ipo_margin: Literal["mean", "sum"] = Field("mean", description=(
+        "IPO's log-ratio margin: mean = per completion token (the form the paper's results use, as in TRL); "
+        "sum = summed over the completion's tokens (a different objective at the same beta)"))
     reference: Literal["auto", "precomputed", "copy", "adapter"] = Field(
         "auto", description="auto: adapter-disabled base for LoRA, precomputed log-probs otherwise; "
         "copy: a frozen second model; precomputed: one pass before training, cached in the run dir")
@@ -349,6 +352,8 @@ class DPOSection(Strict):
             raise ValueError("dpo.loss=cdpo needs dpo.label_smoothing > 0 (e.g. 0.1); with 0 it is plain sigmoid DPO")
         if self.loss != "cdpo" and self.label_smoothing > 0:
             raise ValueError("dpo.label_smoothing only applies to dpo.loss=cdpo")
+        if self.loss != "ipo" and self.ipo_margin != "mean":
+            raise ValueError("dpo.ipo_margin only applies to dpo.loss=ipo")
         return self
 
 

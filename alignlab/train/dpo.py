@@ -3,7 +3,8 @@
 The loss is picked from LOSSES by `dpo.loss`:
 - `sigmoid`: DPO (arXiv:2305.18290);
 - `cdpo`: label smoothing;
-- `ipo` (arXiv:2310.12036);
+- `ipo` (arXiv:2310.12036), on the per-token mean log-ratio margin (`dpo.ipo_margin=mean`, the
+  paper's results and TRL) or the token-summed one (`sum`);
 - `hinge`: SLiC;
 - `simpo`: reference-free and length-normalised (arXiv:2405.14734).
 
@@ -43,7 +44,9 @@ def _cdpo(lp, ref, n, cfg):
 
 
 def _ipo(lp, ref, n, cfg):
-    return losses.dpo_ipo(lp["c"], lp["r"], ref["c"], ref["r"], cfg.beta)
+    # ipo_margin=mean: log-ratios per completion token (the paper's results; TRL); sum: summed over tokens
+    per = (n["c"], n["r"]) if cfg.ipo_margin == "mean" else (1.0, 1.0)
+    return losses.dpo_ipo(lp["c"], lp["r"], ref["c"], ref["r"], cfg.beta, *per)
 
 
 def _hinge(lp, ref, n, cfg):
