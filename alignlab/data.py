@@ -163,7 +163,7 @@ def read_examples(source: str, rows: list[tuple[str, dict]], formats: dict, vali
         raise DataError(f"{first_where}: the keys {sorted(first)} match no accepted format; {shape}")
     from .tracking import console
 
-    console.print(f"data: {source}: detected {format_label(fmt)} ({formats[fmt[0]][1]})", highlight=False)
+    console.print(f"data: {source}: detected {format_label(fmt)} ({formats[fmt[0]][1]})", highlight=False, soft_wrap=True)
     out = []
     for where, obj in rows:
         mine = detect_format(obj, formats)
