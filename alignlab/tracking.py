@@ -58,11 +58,17 @@ class Run:
         return p
 
     def truncate_after(self, step: int) -> None:
-        """On resume from step N, forget rows logged after N (they will be logged again, identically)."""
+        """On resume from step N, forget rows logged after N (they will be logged again, identically),
+        and a last line torn by a kill in mid-write."""
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     def due(self, step: int, every: int, total: int) -> bool:

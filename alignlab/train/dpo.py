@@ -109,7 +109,8 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
         else:
             cache = {"train": reference_logps(policy, train, tok.pad_token_id, device, prec, t.micro_batch_pairs, False),
                      "eval": reference_logps(policy, held, tok.pad_token_id, device, prec, t.micro_batch_pairs, False)}
-            torch.save(cache, path)
+            torch.save(cache, path.with_suffix(".tmp"))  # renamed when complete: a kill mid-write leaves no torn cache
+            path.with_suffix(".tmp").replace(path)
 
     def ref_for(split: str, idx: list[int], pairs):
         if d.loss == "simpo":
