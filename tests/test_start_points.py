@@ -115,3 +115,28 @@ stages:
     loaded, _ = load_for_inference(str(dpo))
     ids = torch.tensor([[1, 5, 9, 3, 7]])
     assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-5)
+
+
+def test_ppo_scores_with_a_lora_reward_model_trained_from_a_lora_start(tmp_path, starts, prefs):
+    """SFT (LoRA) -> RM (LoRA) -> PPO with that RM: the reward model is base + SFT adapter + RM adapter."""
+    from alignlab.train import ppo, reward_model
+
+    folder, _ = starts["adapter"]
+    rm_cfg = loop_config("rm", tmp_path, folder, prefs).model_copy(
+        update={"lora": C.LoRAConfig(enabled=True, r=4)})
+    reward_model.main(rm_cfg)
+    rm_dir = tmp_path / "rm/checkpoints/step_1"
+    assert not (rm_dir / "config.json").exists()  # an adapter folder
+    seen = {}
+
+    class Probe:
+        def on_step_end(self, ctx, step, row):
+            seen.update(row)
+
+    cfg = C.load_config(C.PPOConfig, "ppo_tiny", [f"out_dir={tmp_path}", "name=ppo", f"model.path={folder}",
+                                                  "reward.source=rm", f"reward.rm_path={rm_dir}", "training.total_steps=1",
+                                                  "ppo.rollout_size=2", "ppo.minibatch_seqs=2", "ppo.num_ppo_epochs=1",
+                                                  "sampling.max_new_tokens=3", "eval.max_examples=2",
+                                                  "eval.max_new_tokens=3", "task.arithmetic.n_eval=2"])
+    ppo.main(cfg, hooks=[Probe()])
+    assert "reward/score" in seen
