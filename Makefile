@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignlab-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup sandbox-tool browser-tool demo test clean vllm-cpu-check
+.PHONY: setup sandbox-tool browser-tool demo test clean vllm-cpu-check faults
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,10 @@ demo: $(STAMP)
 
 test: $(STAMP) sandbox-tool browser-tool
 	$(VPY) -m pytest -q tests
+
+# SIGKILL tiny SFT/DPO/GRPO runs at random moments, resume, compare with uninterrupted runs (docs/reliability.md)
+faults: $(STAMP)
+	$(VPY) bench/faults.py --trials 50
 
 # The vLLM backend against a real engine without a GPU: vLLM's CPU build in its own venv (its pins
 # differ from ours: transformers < 5.20), then the real-engine checks. Not part of `make test`.

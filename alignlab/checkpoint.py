@@ -4,9 +4,18 @@
 (optimizer, scheduler, RNG states, step). It is written into `checkpoints/.tmp-step_N-XXXX/` and
 renamed into place (`atomic.atomic_dir`), so a process killed at any moment leaves either the previous checkpoints or the
 new complete one; half-written temporaries are removed on the next start.
+
+`checksums.json` (sha256 and size of every file) is written last, inside the temporary folder. On
+resume the newest checkpoint whose files still match is used; one that was corrupted or truncated
+afterwards (a bad disk, a copy cut short) is set aside as `.corrupt-step_N` and the run says it falls
+back to the one before. A full disk during a save (ENOSPC) leaves the previous checkpoints as they
+were and stops the run with a `CheckpointError` that says so.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import random
 import re
 import shutil
@@ -18,6 +27,11 @@ from .atomic import atomic_dir
 from .models import save_model
 
 STATE_FILE = "trainer_state.pt"
+CHECKSUMS = "checksums.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message says which and what is intact."""
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -45,17 +59,64 @@ def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_
     `submodels` (e.g. PPO's separate critic) in a subfolder of its name, and trainer_state.pt."""
     root = checkpoints_dir(run_dir)
     final = root / f"step_{step}"
-    with atomic_dir(final) as tmp:
-        save_model(model, tokenizer, tmp)
-        for name, sub in (submodels or {}).items():
-            save_model(sub, tokenizer, tmp / name)
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(), "extra": extra or {}}
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        torch.save(state, tmp / STATE_FILE)
+    try:
+        with atomic_dir(final) as tmp:
+            save_model(model, tokenizer, tmp)
+            for name, sub in (submodels or {}).items():
+                save_model(sub, tokenizer, tmp / name)
+            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": rng_state(), "extra": extra or {}}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            torch.save(state, tmp / STATE_FILE)
+            (tmp / CHECKSUMS).write_text(json.dumps(checksums(tmp), indent=1))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        kept = list_checkpoints(run_dir)
+        raise CheckpointError(
+            f"no space left on the device while writing checkpoint {final} ({exc.strerror}); the half-written copy "
+            f"was removed and " + (f"the previous checkpoint {kept[-1][1]} is intact" if kept else "no earlier "
+            "checkpoint exists") + ". Free some space (or lower training.keep_last) and run the same command again: "
+            "training.resume=auto continues from the last intact checkpoint") from None
     prune(root, keep_last)
     return final
+
+
+def checksums(folder: Path) -> dict[str, list]:
+    """{relative path: [size, sha256]} of every file under `folder` (but the checksum file itself)."""
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file() and p.name != CHECKSUMS:
+            h = hashlib.sha256()
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[str(p.relative_to(folder))] = [p.stat().st_size, h.hexdigest()]
+    return out
+
+
+def verify(ckpt: Path) -> str | None:
+    """None when every file matches checksums.json (or the checkpoint predates checksums);
+    otherwise what is wrong, in words."""
+    listed = Path(ckpt) / CHECKSUMS
+    if not listed.is_file():
+        return None
+    try:
+        want = json.loads(listed.read_text())
+    except (OSError, ValueError) as exc:
+        return f"{CHECKSUMS} is unreadable ({exc})"
+    for rel, (size, digest) in want.items():
+        p = Path(ckpt) / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != size:
+            return f"{rel} has {p.stat().st_size} bytes, {size} were written (truncated)"
+    have = checksums(ckpt)
+    for rel, (size, digest) in want.items():
+        if have[rel][1] != digest:
+            return f"{rel} does not match its checksum (corrupted)"
+    return None
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -100,12 +161,35 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
         return None
     if resume == "auto":
         clean_temporaries(run_dir)
-        ckpts = list_checkpoints(run_dir)
-        return ckpts[-1][1] if ckpts else None
+        return _newest_intact(run_dir)
     p = Path(resume)
     if not (p / STATE_FILE).is_file():
         raise FileNotFoundError(f"training.resume={resume!r} is not a checkpoint folder (no {STATE_FILE} inside)")
+    problem = verify(p)
+    if problem:
+        raise CheckpointError(f"training.resume={resume!r}: {problem}; resume from another checkpoint "
+                              "(training.resume=auto takes the newest intact one)")
     return p
+
+
+def _newest_intact(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose files match their checksums; a damaged one is set aside as
+    .corrupt-step_N (kept for inspection, never resumed from) and the run says so."""
+    from .tracking import console
+
+    ckpts = list_checkpoints(run_dir)
+    for i in range(len(ckpts) - 1, -1, -1):
+        path = ckpts[i][1]
+        problem = verify(path)
+        if problem is None:
+            return path
+        aside = path.parent / f".corrupt-{path.name}"
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)
+        to = f"falling back to {ckpts[i - 1][1].name}" if i > 0 else "no earlier checkpoint: starting from step 0"
+        console.print(f"[yellow]checkpoint {path} is damaged: {problem}. Set aside as {aside.name}; {to}.",
+                      highlight=False, soft_wrap=True)
+    return None
 
 
 def load_state(ckpt: Path) -> dict:

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if type(exc).__name__ == "TrainingDiverged":
+        if type(exc).__name__ in ("TrainingDiverged", "CheckpointError"):
             print(f"error: {exc}", file=sys.stderr)
             return 3
         raise

@@ -97,7 +97,9 @@ class TrainingConfig(Strict):
     eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
     save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
     keep_last: int = Field(2, gt=0)
-    log_every: int = Field(1, gt=0)
+    log_every: int | None = Field(None, gt=0, description=(
+        "print a plain progress line (loss, tokens/s, ETA) every N steps, on a terminal too instead of the live bar; "
+        "null: the live bar on a terminal, about 20 lines per run otherwise. metrics.jsonl gets every step either way"))
     resume: str = Field("auto", description="auto | never | path to a checkpoints/step_N folder")
     hooks: list[str] = Field(
         default_factory=list, description="'module:object' paths of objects with on_start/on_step_end/on_eval/on_save"
@@ -137,9 +139,9 @@ class ArithmeticConfig(Strict):
 class DataConfig(Strict):
     train: str = Field("builtin:arithmetic", description="JSONL path, builtin:arithmetic, or hf:<path>[:split]")
     eval: str | None = Field("builtin:arithmetic", description="Held-out set (same forms); null disables eval.")
-    format: Literal["plain", "chat"] = Field(
-        "plain", description="plain: prompt+response text; chat: apply the tokenizer's chat template."
-    )
+    format: Literal["auto", "plain", "chat"] = Field(
+        "auto", description="auto: conversational data (message lists) through the tokenizer's chat template, text "
+        "as it is; plain: text only; chat: the chat template for text too (prompt = user, response = assistant).")
     max_seq_len: int = Field(128, gt=0)
     on_too_long: Literal["error", "truncate", "drop"] = "error"
     packing: bool = False
@@ -244,9 +246,12 @@ class RunConfig(Strict):
     """Bookkeeping shared by the RL loops; eval/save counts are in rollout steps (EI: rounds)."""
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    eval_every: int = Field(0, ge=0)
-    save_every: int = Field(0, ge=0)
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (EI: rounds); 0: only at the end")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps (EI: rounds); 0: only at the end")
     keep_last: int = Field(2, gt=0)
+    log_every: int | None = Field(None, gt=0, description=(
+        "print a plain progress line (loss, tokens/s, ETA) every N steps, on a terminal too instead of the live bar; "
+        "null: the live bar on a terminal, about 20 lines per run otherwise. metrics.jsonl gets every step either way"))
     resume: str = "auto"
     hooks: list[str] = Field(default_factory=list)
 
@@ -287,13 +292,17 @@ class EIRoundConfig(Strict):
         return self
 
 
+class EITrainingConfig(RunConfig):
+    eval_every: int = Field(1, ge=0, description="evaluate held-out accuracy every N rounds; 0: only after the last")
+
+
 class EIConfig(RunBase):
     name: str = "ei"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-4, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ei: EIRoundConfig = Field(default_factory=EIRoundConfig)
-    training: RunConfig = Field(default_factory=RunConfig)
+    training: EITrainingConfig = Field(default_factory=EITrainingConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
 
 
@@ -307,10 +316,18 @@ class PrefDataConfig(Strict):
     eval: str | None = Field("builtin:arithmetic", description="held-out pairs (same forms); null disables")
     n_train: int = Field(1024, gt=0, description="pairs drawn from builtin:arithmetic (other sets use every line)")
     n_eval: int = Field(256, gt=0)
-    format: Literal["plain", "chat"] = "plain"
+    format: Literal["auto", "plain", "chat"] = Field("auto", description="as data.format of SFT")
     max_seq_len: int = Field(128, gt=0)
     on_too_long: Literal["error", "truncate", "drop"] = "error"
-    packing: bool = False
+    packing: bool = Field(False, description="not supported for pairs; refused when true")
+
+    @model_validator(mode="after")
+    def _no_packing(self) -> "PrefDataConfig":
+        if self.packing:  # a pair's log-prob is a per-row sum; packed rows would need per-segment sums
+            raise ValueError("data.packing=true is not supported for preference pairs (DPO, RM): chosen and rejected "
+                             "are scored one sequence per row. Remove data.packing (length bucketing already "
+                             "keeps padding low)")
+        return self
 
 
 class PrefTrainingConfig(RunConfig):
@@ -332,6 +349,9 @@ class DPOSection(Strict):
     beta: float = Field(0.1, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cDPO's eps: the share of labels assumed flipped")
     simpo_gamma: float = Field(0.5, ge=0, description="SimPO target margin")
+    ipo_margin: Literal["mean", "sum"] = Field("mean", description=(
+        "IPO's log-ratio margin: mean = per completion token (the form the paper's results use, as in TRL); "
+        "sum = summed over the completion's tokens (a different objective at the same beta)"))
     reference: Literal["auto", "precomputed", "copy", "adapter"] = Field(
         "auto", description="auto: adapter-disabled base for LoRA, precomputed log-probs otherwise; "
         "copy: a frozen second model; precomputed: one pass before training, cached in the run dir")
@@ -342,6 +362,8 @@ class DPOSection(Strict):
             raise ValueError("dpo.loss=cdpo needs dpo.label_smoothing > 0 (e.g. 0.1); with 0 it is plain sigmoid DPO")
         if self.loss != "cdpo" and self.label_smoothing > 0:
             raise ValueError("dpo.label_smoothing only applies to dpo.loss=cdpo")
+        if self.loss != "ipo" and self.ipo_margin != "mean":
+            raise ValueError("dpo.ipo_margin only applies to dpo.loss=ipo")
         return self
 
 

@@ -70,36 +70,113 @@ def _pad_and_shift(seqs: list[list[int]], masks: list[list[bool]], pad_id: int) 
 # Loading and validation
 # ----------------------------------------------------------------------------------------------
 
-SFT_SHAPE = 'an SFT line is {"prompt": str, "response": str} or {"messages": [{"role": ..., "content": ...}, ...]}'
+# Formats a file may be in (TRL's standard formats, alignlab's own, and the instruction layout).
+# The first line decides the file's format; every later line must be in the same one.
+SFT_FORMATS = {  # name: (required keys, what maps where)
+    "messages": (("messages",), "all messages but the last are the prompt, the last (the assistant's) is trained; "
+                 "chat template"),
+    "prompt_completion": (("prompt", "completion"), "prompt -> prompt, completion -> trained response"),
+    "prompt_response": (("prompt", "response"), "prompt -> prompt, response -> trained response"),
+    "instruction": (("instruction", "output"), "instruction, a blank line and input (when non-empty) -> prompt "
+                    "(plain: followed by a blank line; chat: the user message), output -> trained response"),
+}
+PREF_FORMATS = {
+    "preference": (("prompt", "chosen", "rejected"), "prompt -> prompt, chosen / rejected -> the two responses"),
+    "implicit_preference": (("chosen", "rejected"), "the longest common start of chosen and rejected -> prompt "
+                            "(whole messages when conversational), the rest of each -> the two responses"),
+}
+SFT_SHAPE = ('an SFT line is one of {"prompt", "completion"}, {"prompt", "response"}, {"messages": [...]}, '
+             '{"instruction", "input", "output"}; prompt and completion may be lists of chat messages')
+PREF_SHAPE = ('a preference line is {"prompt", "chosen", "rejected"} or {"chosen", "rejected"} (implicit prompt); '
+              "each field a string or a list of chat messages")
+
+
+def detect_format(obj: dict, formats: dict) -> tuple[str, bool] | None:
+    """(format name, conversational?) of one JSON object, or None when its keys match no format."""
+    for name, (keys, _) in formats.items():
+        if all(k in obj for k in keys):
+            lead = {"messages": "messages", "implicit_preference": "chosen"}.get(name, keys[0])
+            return name, isinstance(obj[lead], list)
+    return None
+
+
+def format_label(fmt: tuple[str, bool]) -> str:
+    name, conv = fmt
+    return ("conversational " if conv and name != "messages" else "") + name.replace("_", "-")
+
+
+def _check_messages(v, where: str, key: str) -> list[dict]:
+    if not isinstance(v, list) or not v:
+        raise DataError(f"{where}: {key!r} must be a non-empty list of messages")
+    for i, m in enumerate(v):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: {key}[{i}] needs string 'role' and 'content'")
+    return v
+
+
+def _check_text(obj: dict, key: str, where: str, allow_empty: bool = False) -> str:
+    v = obj[key]
+    if not isinstance(v, str):
+        raise DataError(f"{where}: {key!r} must be a string, got {type(v).__name__}")
+    if not v and not allow_empty:
+        raise DataError(f"{where}: {key!r} is empty; an SFT example needs something to learn")
+    return v
+
+
+def validate_sft_example(obj: dict, where: str, fmt: str | None = None) -> dict:
+    """One SFT line in format `fmt` (detected from the line when None) -> the internal form:
+    {"prompt", "response"}, or {"messages", "n_prompt" (how many of them are the prompt), "response"}."""
+    fmt = fmt or (detect_format(obj, SFT_FORMATS) or ("prompt_response", False))[0]
+    missing = [k for k in SFT_FORMATS[fmt][0] if k not in obj]
+    if missing:
+        raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}; {SFT_SHAPE}")
+    extra = {"id": obj.get("id"), **({"answer": obj["answer"]} if "answer" in obj else {})}
+    if fmt == "messages":
+        msgs = _check_messages(obj["messages"], where, "messages")
+        if msgs[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message must be the assistant's (it is the trained response), "
+                            f"got role {msgs[-1]['role']!r}")
+        return {"messages": msgs, "n_prompt": len(msgs) - 1, "response": msgs[-1]["content"], **extra}
+    if fmt == "prompt_completion" and isinstance(obj["prompt"], list):
+        prompt = _check_messages(obj["prompt"], where, "prompt")
+        comp = obj["completion"]
+        comp = [{"role": "assistant", "content": comp}] if isinstance(comp, str) else _check_messages(comp, where, "completion")
+        if comp[-1]["role"] != "assistant" or not comp[-1]["content"]:
+            raise DataError(f"{where}: 'completion' must end with a non-empty assistant message (it is trained)")
+        return {"messages": prompt + comp, "n_prompt": len(prompt), "response": comp[-1]["content"], **extra}
+    if fmt == "instruction":
+        user = _check_text(obj, "instruction", where)
+        if obj.get("input"):
+            user += "\n\n" + _check_text(obj, "input", where)
+        return {"prompt": user + "\n\n", "chat_prompt": user, "response": _check_text(obj, "output", where), **extra}
+    key = "completion" if fmt == "prompt_completion" else "response"
+    return {"prompt": _check_text(obj, "prompt", where, allow_empty=True), "response": _check_text(obj, key, where),
+            **extra}
+
+
+def read_examples(source: str, rows: list[tuple[str, dict]], formats: dict, validate, shape: str) -> list[dict]:
+    """Detect the format from the first row, say which, and validate every row in it; a row in
+    another format is refused with its FILE:LINE (one file, one format)."""
+    first_where, first = rows[0]
+    fmt = detect_format(first, formats)
+    if fmt is None:
+        raise DataError(f"{first_where}: the keys {sorted(first)} match no accepted format; {shape}")
+    from .tracking import console
+
+    console.print(f"data: {source}: detected {format_label(fmt)} ({formats[fmt[0]][1]})", highlight=False, soft_wrap=True)
+    out = []
+    for where, obj in rows:
+        mine = detect_format(obj, formats)
+        if mine is not None and mine != fmt:
+            raise DataError(f"{where}: this line is {format_label(mine)} but the first line ({first_where}) is "
+                            f"{format_label(fmt)}; a file holds one format: convert this line or split the file")
+        out.append({**validate(obj, where, fmt[0]), "where": where})
+    return out
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
     """(line number, object) for every non-blank line of an SFT file; errors name FILE:LINE."""
     return _read_jsonl(path, hint=SFT_SHAPE)
-
-
-def validate_sft_example(obj: dict, where: str) -> dict:
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: 'messages' must be a non-empty list; {SFT_SHAPE}")
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise DataError(f"{where}: messages[{i}] needs string 'role' and 'content'")
-        if msgs[-1]["role"] != "assistant":
-            raise DataError(f"{where}: the last message must be the assistant's (it is the trained response), "
-                            f"got role {msgs[-1]['role']!r}")
-        return {"messages": msgs, "id": obj.get("id")}
-    missing = [k for k in ("prompt", "response") if k not in obj]
-    if missing:
-        raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}; {SFT_SHAPE}")
-    for k in ("prompt", "response"):
-        if not isinstance(obj[k], str):
-            raise DataError(f"{where}: {k!r} must be a string, got {type(obj[k]).__name__}")
-    if not obj["response"]:
-        raise DataError(f"{where}: 'response' is empty; an SFT example needs something to learn")
-    return {"prompt": obj["prompt"], "response": obj["response"], "id": obj.get("id"),
-            **({"answer": obj["answer"]} if "answer" in obj else {})}
 
 
 def load_examples(spec: str, cfg: DataConfig, split: str, seed: int) -> list[dict]:
@@ -116,7 +193,8 @@ def load_examples(spec: str, cfg: DataConfig, split: str, seed: int) -> list[dic
         return [{**r, "where": f"{spec}#{i}"} for i, r in enumerate(rows)]
     if spec.startswith("hf:"):
         return load_hf_dataset(spec[3:])
-    return [{**validate_sft_example(obj, f"{spec}:{n}"), "where": f"{spec}:{n}"} for n, obj in read_jsonl(spec)]
+    return read_examples(spec, [(f"{spec}:{n}", obj) for n, obj in read_jsonl(spec)], SFT_FORMATS, validate_sft_example,
+                         SFT_SHAPE)
 
 
 def load_hf_dataset(spec_or_dataset) -> list[dict]:
@@ -131,23 +209,32 @@ def load_hf_dataset(spec_or_dataset) -> list[dict]:
         name = spec_or_dataset
     else:
         ds, name = spec_or_dataset, "dataset"
-    return [{**validate_sft_example(dict(row), f"{name}[{i}]"), "where": f"{name}[{i}]"} for i, row in enumerate(ds)]
+    if len(ds) == 0:
+        raise DataError(f"{name}: no examples (empty dataset)")
+    return read_examples(name, [(f"{name}[{i}]", dict(row)) for i, row in enumerate(ds)], SFT_FORMATS,
+                         validate_sft_example, SFT_SHAPE)
 
 
 def render(example: dict, tokenizer, fmt: str) -> tuple[str, str]:
-    """(prompt text, response text). The response ends with EOS so the model learns to stop."""
+    """(prompt text, response text). The response ends with EOS so the model learns to stop.
+    fmt: auto (conversational examples through the chat template, text as it is), plain, or chat."""
+    if fmt == "auto":
+        fmt = "chat" if "messages" in example else "plain"
     if fmt == "plain":
         if "messages" in example:
-            raise DataError(f"{example['where']}: chat 'messages' need data.format=chat")
+            raise DataError(f"{example['where']}: conversational data (chat messages) needs the chat template, but "
+                            "data.format=plain; use data.format=auto (the default) or data.format=chat")
         return example["prompt"], example["response"] + tokenizer.eos_token
     msgs = example.get("messages") or [
-        {"role": "user", "content": example["prompt"]},
+        {"role": "user", "content": example.get("chat_prompt", example["prompt"])},
         {"role": "assistant", "content": example["response"]},
     ]
     if not tokenizer.chat_template:
-        raise DataError("data.format=chat but the tokenizer has no chat template; use data.format=plain")
+        raise DataError(f"{example.get('where', 'data')}: conversational data (or data.format=chat) needs a chat "
+                        "template, and this tokenizer has none; give text (prompt/completion strings) instead")
+    n_prompt = example.get("n_prompt", len(msgs) - 1)
     full = tokenizer.apply_chat_template(msgs, tokenize=False)
-    prompt = tokenizer.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(msgs[:n_prompt], tokenize=False, add_generation_prompt=True)
     if not full.startswith(prompt):
         raise DataError(f"{example['where']}: the chat template renders the conversation so that the prompt is "
                         f"not a prefix of the full text; cannot locate the response")
@@ -272,14 +359,34 @@ def micro_batches(items: list[Encoded], micro: int, bucket: bool) -> list[list[E
 # Preference pairs (DPO, reward models)
 # ----------------------------------------------------------------------------------------------
 
-PREF_SHAPE = ('a preference line is {"prompt": str or messages, "chosen": str or messages, '
-              '"rejected": str or messages}')
+def split_implicit_prompt(chosen, rejected):
+    """TRL's implicit prompt: the longest common start of chosen and rejected (whole messages when
+    they are message lists; in text, a space just before the split goes with the responses).
+    -> (prompt, chosen rest, rejected rest)."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if isinstance(chosen, str) and 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
+        n -= 1
+    return chosen[:n], chosen[n:], rejected[n:]
 
 
-def validate_pref_example(obj: dict, where: str) -> dict:
-    missing = [k for k in ("prompt", "chosen", "rejected") if k not in obj]
+def validate_pref_example(obj: dict, where: str, fmt: str = "preference") -> dict:
+    missing = [k for k in PREF_FORMATS[fmt][0] if k not in obj]
     if missing:
         raise DataError(f"{where}: missing {', '.join(repr(k) for k in missing)}; {PREF_SHAPE}")
+    if fmt == "implicit_preference":
+        c, r = obj["chosen"], obj["rejected"]
+        if type(c) is not type(r) or not isinstance(c, (str, list)):
+            raise DataError(f"{where}: 'chosen' and 'rejected' must both be strings or both lists of messages")
+        if isinstance(c, list):
+            _check_messages(c, where, "chosen")
+            _check_messages(r, where, "rejected")
+        prompt, c, r = split_implicit_prompt(c, r)
+        if isinstance(prompt, list) and not prompt:
+            raise DataError(f"{where}: 'chosen' and 'rejected' share no leading message, so there is no prompt; "
+                            "give an explicit 'prompt'")
+        obj = {**obj, "prompt": prompt, "chosen": c, "rejected": r}
     out = {"id": obj.get("id", where), "where": where}
     for k in ("prompt", "chosen", "rejected"):
         v = obj[k]
@@ -315,12 +422,17 @@ def load_pref_examples(spec: str, split: str, seed: int, n: int) -> list[dict]:
             from pathlib import Path as _Path
 
             path = _Path(__file__).parent / "data" / "preferences_safety.jsonl"
-            rows = [validate_pref_example(obj, f"{path}:{ln}") for ln, obj in read_jsonl(path)]
+            rows = [validate_pref_example(obj, f"{path}:{ln}") for ln, obj in _read_jsonl(path, hint=PREF_SHAPE)]
             _random.Random(0).shuffle(rows)  # fixed split, independent of the run's seed
             cut = max(1, len(rows) // 5)
             return rows[cut:] if split == "train" else rows[:cut]
         raise DataError(f"unknown built-in preference set {spec!r}; available: builtin:arithmetic, builtin:safety")
-    return [validate_pref_example(obj, f"{spec}:{ln}") for ln, obj in _read_jsonl(spec, hint=PREF_SHAPE)]
+    rows = [(f"{spec}:{ln}", obj) for ln, obj in _read_jsonl(spec, hint=PREF_SHAPE)]
+    sft = detect_format(rows[0][1], SFT_FORMATS)
+    if detect_format(rows[0][1], PREF_FORMATS) is None and sft is not None:
+        raise DataError(f"{rows[0][0]}: this is an SFT file ({format_label(sft)}); DPO and reward models need "
+                        f"preference pairs: {PREF_SHAPE}")
+    return read_examples(spec, rows, PREF_FORMATS, validate_pref_example, PREF_SHAPE)
 
 
 def encode_pairs(examples: list[dict], tokenizer, cfg) -> list[tuple[Encoded, Encoded]]:

@@ -58,7 +58,8 @@ def plot_stages(runs: dict[str, Path], out: Path) -> Path:
     ax.set_title("1. SFT on 1,000 labelled problems")
     ei = tracking.read_metrics(runs["ei"])
     ax = axes[1]
-    ax.plot([m["step"] for m in ei], [100 * m["eval/accuracy"] for m in ei], "s--", color="tab:green", label="held-out accuracy")
+    ev = [m for m in ei if "eval/accuracy" in m]
+    ax.plot([m["step"] for m in ev], [100 * m["eval/accuracy"] for m in ev], "s--", color="tab:green", label="held-out accuracy")
     kept = [m for m in ei if "ei/questions_with_correct_frac" in m]
     ax.plot([m["step"] for m in kept], [100 * m["ei/questions_with_correct_frac"] for m in kept], "o-",
             label="questions with a correct sample")

@@ -199,8 +199,11 @@ def dpo_sigmoid(pi_c, pi_r, ref_c, ref_r, beta: float, label_smoothing: float = 
     return loss, _pref_stats(pi_c, pi_r, ref_c, ref_r, beta)
 
 
-def dpo_ipo(pi_c, pi_r, ref_c, ref_r, beta: float, label_smoothing: float = 0.0):
-    """IPO (arXiv:2310.12036): (h - 1/(2 beta))^2, a squared loss that does not saturate."""
+def dpo_ipo(pi_c, pi_r, ref_c, ref_r, beta: float, n_chosen, n_rejected):
+    """IPO (arXiv:2310.12036, eq. 17): (h - 1/(2 beta))^2, a squared loss that does not saturate, with
+    h = (pi_c - ref_c) / n_chosen - (pi_r - ref_r) / n_rejected. All (B,); n_* are each completion's
+    token count (the form the paper's results use, as in TRL), or 1 for the token-summed margin."""
+    pi_c, ref_c, pi_r, ref_r = pi_c / n_chosen, ref_c / n_chosen, pi_r / n_rejected, ref_r / n_rejected
     h = _logratio_margin(pi_c, pi_r, ref_c, ref_r)
     return (h - 1 / (2 * beta)) ** 2, _pref_stats(pi_c, pi_r, ref_c, ref_r, beta)
 

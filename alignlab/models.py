@@ -132,6 +132,46 @@ def adapter_base(path: str) -> str | None:
     return base
 
 
+def adapter_chain(path: str) -> tuple[str, list[str]]:
+    """(the full model at the root, the LoRA adapter folders folded into it, in order) of a starting
+    model. A plain model folder, hub id or tiny:<arch> is its own root with no adapters. An adapter
+    trained on top of an earlier adapter (LoRA SFT, then LoRA DPO) names that adapter folder as its
+    base, so the chain can be several folders long."""
+    chain: list[str] = []
+    cur = path
+    while (base := adapter_base(cur)) is not None:
+        here = str(Path(cur).expanduser().resolve())
+        if here in chain:
+            raise ConfigError(f"{here}/adapter_config.json: base_model_name_or_path leads back to itself")
+        chain.append(here)
+        cur = base
+    return cur, chain[::-1]
+
+
+def fold_adapters(model, adapters: list[str]):
+    """Merge each LoRA adapter folder into `model`, in order: the plain model they describe."""
+    from peft import PeftConfig, PeftModel
+
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    for a in adapters:
+        conf = PeftConfig.from_pretrained(a)
+        conf.task_type = None  # a causal-LM adapter also folds into the same trunk under a reward head
+        model = PeftModel.from_pretrained(model, a, config=conf).merge_and_unload()
+    for n, p in model.named_parameters():  # peft froze the base; full fine-tuning from here must train it
+        p.requires_grad_(trainable.get(n, True))
+    return model
+
+
+def start_tokenizer(path: str):
+    """The tokenizer of a starting model (`model.path`): its own folder's, or for an adapter folder
+    saved without one, the nearest base's. Loops call it to validate data before loading weights."""
+    root, chain = adapter_chain(path)
+    for folder in chain[::-1]:
+        if _has_tokenizer(folder):
+            return load_tokenizer(folder)
+    return load_tokenizer(resolve_model_path(root))
+
+
 def _has_tokenizer(path: str) -> bool:
     return (Path(path).expanduser() / "tokenizer_config.json").is_file()
 
@@ -213,18 +253,19 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
             model_cfg = model_cfg.model_copy(update={"path": str(resume_from)})
     device = pick_device(model_cfg.device)
     prec = pick_precision(model_cfg.dtype, precision, device, lora_cfg.enabled)
-    start_adapter = adapter_base(model_cfg.path)  # e.g. a LoRA SFT checkpoint as the start of RL
-    path = resolve_model_path(start_adapter or model_cfg.path)
-    tok = load_tokenizer(model_cfg.path if start_adapter and _has_tokenizer(model_cfg.path) else path)
+    root, start_adapters = adapter_chain(model_cfg.path)  # e.g. a LoRA SFT checkpoint as the start of DPO
+    path = resolve_model_path(root)
+    tok = start_tokenizer(model_cfg.path)
     if lora_cfg.qlora and not lora_cfg.enabled:
         raise ConfigError("lora.qlora=true needs lora.enabled=true")
-    if lora_cfg.qlora and start_adapter:
+    if lora_cfg.qlora and start_adapters:
         raise ConfigError(f"model.path={model_cfg.path!r} is a LoRA adapter folder, which cannot be merged into a 4-bit "
                           f"base; merge it first (alignlab merge-lora --adapter {model_cfg.path} --out DIR) and start "
                           "from DIR")
     model = load_causal_lm(path, model_cfg, device, prec.weights, quantize_4bit=lora_cfg.qlora)
-    if start_adapter:  # the starting model is base + adapter, folded in: new adapters / the reference start there
-        model = PeftModel.from_pretrained(model, model_cfg.path).merge_and_unload()
+    if start_adapters:  # the starting model is base + adapter(s), folded in: new adapters / the reference start there
+        model = fold_adapters(model, start_adapters)
+        _record_base(model, start_adapters[-1])
     if model_cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -247,6 +288,13 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
     return model, tok, device, prec
 
 
+def _record_base(model, adapter_dir: str) -> None:
+    """A new adapter on a folded start records the start folder, not the bare root, as its base
+    (peft reads `name_or_path`), so the checkpoint loads as the model that was trained."""
+    model.name_or_path = adapter_dir
+    model.config._name_or_path = adapter_dir
+
+
 def load_reward_model(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "auto", resume_from=None):
     """An LM backbone with a scalar head (AutoModelForSequenceClassification, num_labels=1): the score
     of a sequence is the head's output at its last non-padding token. -> (model, tokenizer, device, Precision)."""
@@ -255,9 +303,15 @@ def load_reward_model(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: s
 
     device = pick_device(model_cfg.device)
     prec = pick_precision(model_cfg.dtype, precision, device, lora_cfg.enabled)
-    path = str(resume_from) if (resume_from is not None and not lora_cfg.enabled) else resolve_model_path(model_cfg.path)
-    tok = load_tokenizer(path)
+    if resume_from is not None and not lora_cfg.enabled:
+        path, start_adapters, tok = str(resume_from), [], load_tokenizer(str(resume_from))
+    else:
+        root, start_adapters = adapter_chain(model_cfg.path)  # a LoRA SFT checkpoint: folded into its base
+        path, tok = resolve_model_path(root), start_tokenizer(model_cfg.path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=prec.weights)
+    if start_adapters:
+        model = fold_adapters(model, start_adapters)
+        _record_base(model, start_adapters[-1])
     model.config.pad_token_id = tok.pad_token_id
     if lora_cfg.enabled:
         if resume_from is not None:
@@ -333,17 +387,15 @@ def remove_adapter(model):
 
 def merge_adapter(adapter_dir: str, out_dir: str, base_path: str | None = None) -> Path:
     """Fold LoRA weights into the base and save a plain model folder (loads without peft)."""
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base_name = base_path or adapter_base(adapter_dir)
-    if not base_name:
+    if not adapter_base(adapter_dir):
         raise ConfigError(f"{adapter_dir} is not a LoRA adapter folder (adapter_config.json without config.json)")
-    base = resolve_model_path(base_name)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    merged.save_pretrained(out_dir)
-    load_tokenizer(adapter_dir if _has_tokenizer(adapter_dir) else base).save_pretrained(out_dir)
+    root, chain = (base_path, [adapter_dir]) if base_path else adapter_chain(adapter_dir)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(root), dtype=torch.float32)
+    fold_adapters(model, chain).save_pretrained(out_dir)
+    tok = load_tokenizer(adapter_dir) if _has_tokenizer(adapter_dir) else start_tokenizer(base_path or adapter_dir)
+    tok.save_pretrained(out_dir)
     return Path(out_dir)
 
 

@@ -68,9 +68,9 @@ def check_available() -> None:
 def engine_model_folder(path: str) -> str:
     """The folder vLLM builds its engine from: the model's own, or the base of a LoRA adapter folder.
     Only the architecture, config and tokenizer matter: the weights are pushed from the policy."""
-    from .models import adapter_base, resolve_model_path
+    from .models import adapter_chain, resolve_model_path
 
-    return resolve_model_path(adapter_base(path) or path)
+    return resolve_model_path(adapter_chain(path)[0])
 
 
 def vllm_weights(model) -> Iterator[tuple[str, torch.Tensor]]:

@@ -150,8 +150,9 @@ def tiny_config(arch: str, **overrides):
     )
 
 
-def make_tiny(arch: str, out_dir: str | os.PathLike, *, seed: int = 0, **overrides) -> Path:
-    """Build and save a tiny model + tokenizer as a normal HF folder. Atomic: written then renamed."""
+def make_tiny(arch: str, out_dir: str | os.PathLike, *, seed: int = 0, exist_ok: bool = False, **overrides) -> Path:
+    """Build and save a tiny model + tokenizer as a normal HF folder. Atomic: written then renamed.
+    exist_ok=True keeps a folder another process finished first (the cache: same spec, same model)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -171,7 +172,7 @@ def make_tiny(arch: str, out_dir: str | os.PathLike, *, seed: int = 0, **overrid
         pad_token_id=cfg.pad_token_id, eos_token_id=cfg.eos_token_id, bos_token_id=cfg.bos_token_id,
         do_sample=False,
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, exist_ok=exist_ok) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "alignlab_tiny.json").write_text(json.dumps({"arch": arch, "seed": seed, **overrides}, indent=1))
@@ -193,5 +194,10 @@ def resolve_tiny(spec: str) -> Path:
     key = hashlib.sha1(json.dumps([arch, sorted(overrides.items())]).encode()).hexdigest()[:10]
     out = cache_dir() / "tiny" / f"{arch}-{key}"
     if not (out / "config.json").exists():
-        make_tiny(arch, out, **overrides)
+        from .atomic import file_lock
+
+        # a sweep starts many processes at once: one builds, the others wait and find it built
+        with file_lock(out.parent / f".{out.name}.lock"):
+            if not (out / "config.json").exists():
+                make_tiny(arch, out, exist_ok=True, **overrides)
     return out

@@ -58,11 +58,17 @@ class Run:
         return p
 
     def truncate_after(self, step: int) -> None:
-        """On resume from step N, forget rows logged after N (they will be logged again, identically)."""
+        """On resume from step N, forget rows logged after N (they will be logged again, identically),
+        and a last line torn by a kill in mid-write."""
         if not self.metrics_path.exists():
             return
-        keep = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                continue
         self.metrics_path.write_text("".join(line + "\n" for line in keep))
 
     def due(self, step: int, every: int, total: int) -> bool:
@@ -147,9 +153,9 @@ class LineProgress:
     """Progress for logs and CI (no terminal): one plain line every ~5% of the steps, with loss,
     tokens/s and ETA, and messages printed as they happen (a live bar would hold them back)."""
 
-    def __init__(self, total: int, start: int, description: str):
+    def __init__(self, total: int, start: int, description: str, every: int | None = None):
         self.total, self.done, self.description = total, start, description
-        self.every = max(1, total // 20)
+        self.every = every or max(1, total // 20)
         self.t0, self.start = time.time(), start
         self.task_ids = [0]
         self.console = console
@@ -170,10 +176,11 @@ class LineProgress:
                       f"elapsed {time.time() - self.t0:.0f}s ETA {eta:.0f}s", highlight=False)
 
 
-def progress(total: int, start: int = 0, description: str = "train"):
-    """A rich live bar on a terminal; plain periodic lines otherwise."""
-    if not console.is_terminal:
-        return LineProgress(total, start, description)
+def progress(total: int, start: int = 0, description: str = "train", every: int | None = None):
+    """A rich live bar on a terminal; plain periodic lines otherwise (about 20 a run). `every`
+    (training.log_every): a plain line every that many steps, on a terminal too."""
+    if every is not None or not console.is_terminal:
+        return LineProgress(total, start, description, every)
     p = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),

@@ -41,16 +41,15 @@ def load_for_inference(path: str):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ..models import adapter_base, load_tokenizer, pick_device, resolve_model_path
+    from ..models import adapter_chain, fold_adapters, pick_device, resolve_model_path, start_tokenizer
 
     device = pick_device("auto")
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    base = adapter_base(path)
-    if base:
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=dtype), path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    return model.to(device).eval(), load_tokenizer(path)
+    root, chain = adapter_chain(path)  # an adapter trained on an earlier adapter: fold those, keep the last
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(root), dtype=dtype)
+    if chain:
+        model = PeftModel.from_pretrained(fold_adapters(model, chain[:-1]), chain[-1])
+    return model.to(device).eval(), start_tokenizer(path)
 
 
 def make_eval_sampler(path: str, args):

@@ -16,18 +16,19 @@ def build_scorer(r: RewardSection, task, device, tok):
     if r.rm_path:
         import json as _json
 
-        from ..models import load_tokenizer
-
-        kind = _json.loads((Path(r.rm_path) / "config.json").read_text()).get("model_type")
+        from .. import models
         from . import encoder_rm
 
+        root, adapters = models.adapter_chain(r.rm_path)  # a LoRA reward model: its adapter(s) folded into the base
+        kind = None if adapters else _json.loads((Path(r.rm_path) / "config.json").read_text()).get("model_type")
         if kind == encoder_rm.MODEL_TYPE:  # the small encoder RM, scored with the policy's tokenizer
             encoder = encoder_rm.EncoderRewardModel.load(r.rm_path, device)
         else:
             from transformers import AutoModelForSequenceClassification
 
-            rm_tok = load_tokenizer(r.rm_path)
-            rm = AutoModelForSequenceClassification.from_pretrained(r.rm_path, num_labels=1).to(device).eval()
+            rm_tok = models.start_tokenizer(r.rm_path)
+            rm = AutoModelForSequenceClassification.from_pretrained(models.resolve_model_path(root), num_labels=1)
+            rm = models.fold_adapters(rm, adapters).to(device).eval()
             rm.config.pad_token_id = rm_tok.pad_token_id
 
     @torch.no_grad()

@@ -3,7 +3,8 @@
 The loss is picked from LOSSES by `dpo.loss`:
 - `sigmoid`: DPO (arXiv:2305.18290);
 - `cdpo`: label smoothing;
-- `ipo` (arXiv:2310.12036);
+- `ipo` (arXiv:2310.12036), on the per-token mean log-ratio margin (`dpo.ipo_margin=mean`, the
+  paper's results and TRL) or the token-summed one (`sum`);
 - `hinge`: SLiC;
 - `simpo`: reference-free and length-normalised (arXiv:2405.14734).
 
@@ -43,7 +44,9 @@ def _cdpo(lp, ref, n, cfg):
 
 
 def _ipo(lp, ref, n, cfg):
-    return losses.dpo_ipo(lp["c"], lp["r"], ref["c"], ref["r"], cfg.beta)
+    # ipo_margin=mean: log-ratios per completion token (the paper's results; TRL); sum: summed over tokens
+    per = (n["c"], n["r"]) if cfg.ipo_margin == "mean" else (1.0, 1.0)
+    return losses.dpo_ipo(lp["c"], lp["r"], ref["c"], ref["r"], cfg.beta, *per)
 
 
 def _hinge(lp, ref, n, cfg):
@@ -85,7 +88,7 @@ def reference_logps(model, pairs, pad_id, device, prec, micro: int, use_adapter_
 
 def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     t, d = cfg.training, cfg.dpo
-    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    tok = models.start_tokenizer(cfg.model.path)
     train = data.encode_pairs(data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train), tok, cfg.data)
     held = (data.encode_pairs(data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval), tok, cfg.data)
             if cfg.data.eval else [])
@@ -106,7 +109,8 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
         else:
             cache = {"train": reference_logps(policy, train, tok.pad_token_id, device, prec, t.micro_batch_pairs, False),
                      "eval": reference_logps(policy, held, tok.pad_token_id, device, prec, t.micro_batch_pairs, False)}
-            torch.save(cache, path)
+            torch.save(cache, path.with_suffix(".tmp"))  # renamed when complete: a kill mid-write leaves no torn cache
+            path.with_suffix(".tmp").replace(path)
 
     def ref_for(split: str, idx: list[int], pairs):
         if d.loss == "simpo":
@@ -150,7 +154,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
         run.log(0, **evaluate())
     sampler = data.StepSampler(len(train), t.global_batch_pairs, cfg.seed)
     policy.train()
-    with tracking.progress(total_steps, start, cfg.name) as bar:
+    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             idx_all = sampler.indices(step)

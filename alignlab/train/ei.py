@@ -4,7 +4,8 @@ Each round samples `group_size` completions for `questions_per_round` training q
 (temperature from `sampling`). It keeps the correct ones (each distinct completion of a question
 once, with `dedupe`) and runs `sft_epochs` passes of SFT over them, using the SFT loop's own
 step (`sft.accumulate_step`: response-token NLL normalised over the optimizer step). It logs how
-many questions had at least one correct sample, then evaluates greedy held-out accuracy.
+many questions had at least one correct sample, then evaluates greedy held-out accuracy every
+`training.eval_every` rounds (default 1; 0: after the last round only).
 One optimizer and one schedule span all rounds. A checkpoint after round N is `step_N`.
 Reference: Anthony et al. 2017 (arXiv:1705.08439); STaR (arXiv:2203.14465) for LMs.
 """
@@ -56,7 +57,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
         run.log(0, **metrics)
         run.samples(0, rows)
 
-    with tracking.progress(e.n_ei_steps, start, cfg.name) as bar:
+    with tracking.progress(e.n_ei_steps, start, cfg.name, every=t.log_every) as bar:
         for rnd in range(start, e.n_ei_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(e.questions_per_round, rnd)
@@ -85,20 +86,22 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
             sampler.sync()  # vLLM: push the new weights before evaluating and the next round
             t2 = time.perf_counter()
             done = rnd + 1
-            metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
+            evaluated = run.due(done, t.eval_every, e.n_ei_steps)
+            metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler) if evaluated else ({}, [])
             row = run.log(done, **metrics, **{
                 "ei/questions_with_correct_frac": (per_q.max(1).values > 0).float().mean().item(),
                 "ei/kept_samples": len(items), "ei/updates": n_updates,
                 "reward/mean": per_q.mean().item(), "loss/train": sum(losses_) / max(len(losses_), 1),
                 "lr": sched.get_last_lr()[0], "time/rollout": t1 - t0, "time/train": t2 - t1,
                 "tokens/per_s": n_seen / max(t2 - t1, 1e-9), "mem/peak_gb": tracking.peak_memory_gb(device)})
-            run.samples(done, rows)
-            bar.update(bar.task_ids[0], advance=1, loss=f"acc={metrics['eval/accuracy']:.3f}",
-                       tps=f"{row['tokens/per_s']:,.0f}")
+            bar.update(bar.task_ids[0], advance=1, loss=f"{row['loss/train']:.4f}", tps=f"{row['tokens/per_s']:,.0f}")
             bar.console.print(f"round {done}: kept {len(items)} samples, {100 * row['ei/questions_with_correct_frac']:.0f}% "
-                              f"of questions had a correct one, held-out accuracy {metrics['eval/accuracy']:.3f}")
+                              "of questions had a correct one"
+                              + (f", held-out accuracy {metrics['eval/accuracy']:.3f}" if evaluated else ""))
             H.call(hooks, "on_step_end", ctx, done, row)
-            H.call(hooks, "on_eval", ctx, done, metrics)
+            if evaluated:
+                run.samples(done, rows)
+                H.call(hooks, "on_eval", ctx, done, metrics)
             if run.due(done, t.save_every, e.n_ei_steps):
                 path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
                 H.call(hooks, "on_save", ctx, done, path)

@@ -115,7 +115,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
         run.samples(0, rows)
     n_seqs = rl.prompts_per_step * rl.group_size
 
-    with tracking.progress(t.total_steps, start, cfg.name) as bar:
+    with tracking.progress(t.total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
             examples, ro, scores, resampled = sample_groups(sampler, task, cfg, step)

@@ -69,7 +69,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
         run.log(0, **metrics)
         run.samples(0, rows)
 
-    with tracking.progress(t.total_steps, start, cfg.name) as bar:
+    with tracking.progress(t.total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(p.rollout_size, step)

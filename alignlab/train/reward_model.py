@@ -42,7 +42,7 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
     t = cfg.training
     if cfg.rm.kind == "encoder":
         return train_encoder(cfg)
-    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    tok = models.start_tokenizer(cfg.model.path)
     train = data.encode_pairs(data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train), tok, cfg.data)
     held = (data.encode_pairs(data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval), tok, cfg.data)
             if cfg.data.eval else [])
@@ -73,7 +73,7 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
         run.log(0, **evaluate())
     sampler = data.StepSampler(len(train), t.global_batch_pairs, cfg.seed)
     model.train()
-    with tracking.progress(total_steps, start, cfg.name) as bar:
+    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             idx_all = sampler.indices(step)
@@ -114,7 +114,7 @@ def train_encoder(cfg: RMConfig) -> Path:
     from ..rewards import encoder_rm
 
     t = cfg.training
-    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    tok = models.start_tokenizer(cfg.model.path)
     train = data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train)
     held = data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval) if cfg.data.eval else None
     run = tracking.start(cfg, cfg.run_dir, fresh=True)

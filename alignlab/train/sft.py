@@ -87,7 +87,7 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
 def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     t = cfg.training
     # Data first: bad lines and over-long examples fail before any model is loaded.
-    tok = models.load_tokenizer(models.resolve_model_path(cfg.model.path))
+    tok = models.start_tokenizer(cfg.model.path)
     train_set = data.encode(data.load_examples(cfg.data.train, cfg.data, "train", cfg.seed), tok, cfg.data)
     eval_set = (data.encode(data.load_examples(cfg.data.eval, cfg.data, "eval", cfg.seed), tok, cfg.data)
                 if cfg.data.eval else [])
@@ -117,7 +117,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
 
     sampler = data.StepSampler(len(train_set), t.global_batch_seqs, cfg.seed)
     policy.train()
-    with tracking.progress(total_steps, start, cfg.name) as bar:
+    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
