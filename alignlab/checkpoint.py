@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError  # noqa: F401  (re-exported: alignlab.checkpoint.CheckpointError)
+
 from .atomic import atomic_dir
 from .models import save_model
 
@@ -30,8 +32,7 @@ STATE_FILE = "trainer_state.pt"
 CHECKSUMS = "checksums.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written or read; the message says which and what is intact."""
+
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 

@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .config import ConfigError
-    from .data import DataError
+    from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 
     try:
         if cmd in TRAIN:
@@ -144,11 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if type(exc).__name__ in ("TrainingDiverged", "CheckpointError"):
-            print(f"error: {exc}", file=sys.stderr)
-            return 3
-        raise
+    except (TrainingDiverged, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
     return 2
 

@@ -15,11 +15,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import ConfigError  # noqa: F401  (re-exported: alignlab.config.ConfigError)
+
 PACKAGE_CONFIGS = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user must fix; the message says where and how."""
 
 
 class Strict(BaseModel):

@@ -5,8 +5,7 @@ import json
 from pathlib import Path
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and line and says what to do."""
+from .errors import DataError  # noqa: F401  (re-exported: alignlab.jsonl.DataError)
 
 
 def read_jsonl(path, hint: str = "each line must be one JSON object") -> list[tuple[int, dict]]:

@@ -11,7 +11,7 @@ import torch
 from conftest import ARCHS, load_sft, sft_overrides
 from safetensors.torch import load_file
 
-from alignlab import cli, tracking
+from alignlab import cli, step, tracking
 from alignlab.train import sft
 
 METRIC_KEYS = {"step", "loss/train", "lr", "grad/norm", "tokens/response", "tokens/per_s", "time/step", "mem/peak_gb"}
@@ -38,7 +38,7 @@ def test_gradient_accumulation_8x1_equals_2x4(tmp_path, qwen_dir, normalizer):
         train = data.encode(data.load_examples(cfg.data.train, cfg.data, "train", 0), tok, cfg.data)
         items = [train[i] for i in data.StepSampler(len(train), 8, 0).indices(0)]
         assert len({len(e.ids) for e in items}) > 1  # different lengths: padding differs between splits
-        step_losses[micro], _ = sft.accumulate_step(policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=micro,
+        step_losses[micro], _ = step.accumulate_step(policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=micro,
                                                     normalizer=normalizer)
         grads[micro] = {n: p.grad.clone() for n, p in policy.named_parameters()}
     assert step_losses[1] == pytest.approx(step_losses[4], rel=1e-6)

@@ -32,7 +32,8 @@ import torch
 
 from .. import checkpoint, data, hooks as H, losses, models, optim, tracking
 from ..config import DPOConfig
-from .sft import TrainingDiverged, micro_logps, to_device
+from ..errors import TrainingDiverged
+from ..step import micro_logps, to_device
 
 
 def _sigmoid(lp, ref, n, cfg):
@@ -65,7 +66,7 @@ def pair_logps(model, pairs: list[tuple[data.Encoded, data.Encoded]], pad_id: in
     """Summed response log-probs of chosen and rejected in one forward: ({"c": (B,), "r": (B,)}, lengths)."""
     items = [c for c, _ in pairs] + [r for _, r in pairs]
     batch = to_device(data.collate(items, pad_id), device)
-    logps = micro_logps(model, batch, prec, device)  # (2B, T)
+    logps = micro_logps(model, batch, device, prec)  # (2B, T)
     seq = losses.masked_normalize(logps, batch["response_mask"], dim=-1)  # (2B,)
     n = batch["response_mask"].sum(-1).float()
     B = len(pairs)

@@ -3,7 +3,7 @@
 Each round samples `group_size` completions for `questions_per_round` training questions
 (temperature from `sampling`). It keeps the correct ones (each distinct completion of a question
 once, with `dedupe`) and runs `sft_epochs` passes of SFT over them, using the SFT loop's own
-step (`sft.accumulate_step`: response-token NLL normalised over the optimizer step). It logs how
+step (`step.accumulate_step`: response-token NLL normalised over the optimizer step). It logs how
 many questions had at least one correct sample, then evaluates greedy held-out accuracy every
 `training.eval_every` rounds (default 1; 0: after the last round only).
 One optimizer and one schedule span all rounds. A checkpoint after round N is `step_N`.
@@ -20,7 +20,8 @@ import torch
 
 from .. import checkpoint, data, hooks as H, models, optim, rollout, tasks, tracking
 from ..config import EIConfig
-from .sft import TrainingDiverged, accumulate_step
+from ..errors import TrainingDiverged
+from ..step import accumulate_step
 
 
 def kept_examples(examples: list[dict], ro: rollout.Rollout, scores: list[dict], dedupe: bool) -> list[data.Encoded]:

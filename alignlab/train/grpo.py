@@ -33,7 +33,7 @@ from .. import advantages as A
 from .. import checkpoint, hooks as H, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
 from ..logprobs import get_response_log_probs
-from .sft import TrainingDiverged
+from ..errors import TrainingDiverged
 
 
 def _pg(loss_type):

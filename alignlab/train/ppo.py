@@ -38,7 +38,7 @@ from .. import advantages as A
 from .. import checkpoint, critics, hooks as H, losses, models, optim, rollout, tasks, tracking
 from ..config import PPOConfig
 from ..rewards.scorer import build_scorer
-from .sft import TrainingDiverged
+from ..errors import TrainingDiverged
 
 
 def main(cfg: PPOConfig, hooks: list | None = None) -> Path:

@@ -19,7 +19,8 @@ import torch
 
 from .. import checkpoint, data, hooks as H, losses, models, optim, tracking
 from ..config import RMConfig
-from .sft import TrainingDiverged, to_device
+from ..errors import TrainingDiverged
+from ..step import to_device
 
 
 def pair_scores(model, pairs, pad_id: int, device, prec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,46 +18,8 @@ import torch
 
 from .. import checkpoint, data, hooks as H, losses, models, optim, rollout, tracking
 from ..config import SFTConfig
-from ..logprobs import get_response_log_probs
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/inf; nothing was saved from the bad step."""
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def make_batch(items: list[data.Encoded], pad_id: int, packing_len: int | None = None) -> dict:
-    if packing_len:
-        return data.collate_packed(items, pad_id, packing_len)
-    return data.collate(items, pad_id)
-
-
-def micro_logps(model, batch: dict, prec: models.Precision, device: torch.device) -> torch.Tensor:
-    with prec.autocast_ctx(device):
-        return get_response_log_probs(
-            model, batch["input_ids"], batch["labels"],
-            attention_mask=batch.get("attention_mask"), position_ids=batch.get("position_ids"),
-        )["log_probs"]  # (B, T)
-
-
-def accumulate_step(model, items: list[data.Encoded], pad_id: int, device, prec, *, micro_batch_seqs: int,
-                    normalizer: str = "tokens", bucket: bool = True, packing_len: int | None = None, scaler=None):
-    """Forward/backward every micro-batch of one optimizer step; grads accumulate in `.grad`.
-    The normaliser (the step's response tokens or sequences) is fixed before the first micro-batch.
-    Returns (step loss, tokens processed). Expert iteration reuses it as is."""
-    n_tokens = sum(e.n_response for e in items)
-    step_loss, n_seen = 0.0, 0
-    for mb in data.micro_batches(items, micro_batch_seqs, bucket):
-        batch = to_device(make_batch(mb, pad_id, packing_len), device)
-        logps = micro_logps(model, batch, prec, device)
-        loss, _ = losses.sft_nll(logps, batch["response_mask"], normalizer, n_tokens, len(items))
-        (scaler.scale(loss) if scaler else loss).backward()
-        step_loss += loss.item()
-        n_seen += batch["input_ids"].numel()
-    return step_loss, n_seen
+from ..errors import TrainingDiverged
+from ..step import accumulate_step, make_batch, micro_logps, to_device
 
 
 @torch.no_grad()
@@ -68,7 +30,7 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
     nll, n_tok = 0.0, 0
     for mb in data.micro_batches(items, cfg.training.micro_batch_seqs, bucket=True):
         batch = to_device(make_batch(mb, tok.pad_token_id, cfg.data.max_seq_len if cfg.data.packing else None), device)
-        logps = micro_logps(model, batch, prec, device)
+        logps = micro_logps(model, batch, device, prec)
         nll += float(-losses.masked_normalize(logps, batch["response_mask"]))
         n_tok += int(batch["response_mask"].sum())
     prompts = [tok.decode(e.ids[: e.n_prompt], skip_special_tokens=False) for e in items]
