@@ -7,6 +7,8 @@ import importlib
 import os
 import sys
 
+from .config import ALGORITHMS
+
 # Commands implemented in their own modules, imported only when used (fast start, no torch for `plan`).
 TOOLS = {
     "plan": ("alignlab.plan.cli", "hyperparameter and memory planner (no GPU needed)"),
@@ -15,14 +17,7 @@ TOOLS = {
     "analyze": ("alignlab.analysis.cli", "see inside a model: weights, activations, attention, capacity, memory"),
     "report": ("alignlab.analysis.report", "one self-contained HTML page of a run (curves, samples, analyses)"),
 }
-TRAIN = {
-    "sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning"),
-    "ei": ("alignlab.train.ei", "EIConfig", "expert iteration: sample, keep the correct, SFT, repeat"),
-    "grpo": ("alignlab.train.grpo", "GRPOConfig", "GRPO and variants with a verifiable reward"),
-    "dpo": ("alignlab.train.dpo", "DPOConfig", "DPO, cDPO, IPO, hinge, SimPO on preference pairs"),
-    "ppo": ("alignlab.train.ppo", "PPOConfig", "PPO with GAE, a value head, KL to the reference"),
-    "rm": ("alignlab.train.reward_model", "RMConfig", "Bradley-Terry reward model (LM + scalar head, or small encoder)"),
-}
+TRAIN = ALGORITHMS  # one table for the commands, the pipeline's stage kinds and StageConfig.kind
 
 
 def _quiet_libraries() -> None:

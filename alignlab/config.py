@@ -475,9 +475,22 @@ class PPOConfig(RunBase):
 # ----------------------------------------------------------------------------------------------
 
 
+# The training algorithms, written once: command -> (loop module, config class, one-line description).
+# The CLI's commands, the pipeline's stage kinds and StageConfig.kind all read this table.
+ALGORITHMS = {
+    "sft": ("alignlab.train.sft", "SFTConfig", "supervised fine-tuning"),
+    "ei": ("alignlab.train.ei", "EIConfig", "expert iteration: sample, keep the correct, SFT, repeat"),
+    "grpo": ("alignlab.train.grpo", "GRPOConfig", "GRPO and variants with a verifiable reward"),
+    "dpo": ("alignlab.train.dpo", "DPOConfig", "DPO, cDPO, IPO, hinge, SimPO on preference pairs"),
+    "ppo": ("alignlab.train.ppo", "PPOConfig", "PPO with GAE, a value head, KL to the reference"),
+    "rm": ("alignlab.train.reward_model", "RMConfig", "Bradley-Terry reward model (LM + scalar head, or small encoder)"),
+}
+Algorithm = Literal[tuple(ALGORITHMS)]
+
+
 class StageConfig(Strict):
     name: str
-    kind: Literal["sft", "ei", "grpo", "dpo", "rm", "ppo"]
+    kind: Algorithm
     config: str = Field(description="a YAML file or a packaged config name (sft_tiny, rm_tiny, ...)")
     overrides: list[str] = Field(default_factory=list)
     model_from: str | None = Field(None, description="an earlier stage whose final checkpoint is this stage's model.path")

@@ -16,9 +16,7 @@ from . import config as C
 from . import tracking
 from .checkpoint import list_checkpoints
 
-KINDS = {"sft": ("alignlab.train.sft", "SFTConfig"), "ei": ("alignlab.train.ei", "EIConfig"),
-         "grpo": ("alignlab.train.grpo", "GRPOConfig"), "dpo": ("alignlab.train.dpo", "DPOConfig"),
-         "rm": ("alignlab.train.reward_model", "RMConfig"), "ppo": ("alignlab.train.ppo", "PPOConfig")}
+KINDS = C.ALGORITHMS  # stage kind -> (loop module, config class, description)
 
 
 def final_checkpoint(run_dir: Path) -> Path:
