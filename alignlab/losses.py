@@ -28,20 +28,6 @@ def masked_mean(tensor: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     return masked.sum(dim=dim) / m.sum(dim=dim)
 
 
-def sft_microbatch_train_step(
-    policy_log_probs: torch.Tensor,
-    response_mask: torch.Tensor,
-    gradient_accumulation_steps: int,
-    normalize_constant: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The plan's SFT micro-step: batch mean of -sum_t(mask * logp) / normalize_constant, divided by
-    the accumulation steps; calls backward(). policy_log_probs, response_mask: (B, T)."""
-    per_seq = -masked_normalize(policy_log_probs, response_mask, dim=-1, normalize_constant=normalize_constant)  # (B,)
-    loss = per_seq.mean() / gradient_accumulation_steps
-    loss.backward()
-    return loss.detach(), {"per_sequence_loss": per_seq.detach(), "n_tokens": response_mask.sum().detach()}
-
-
 def sft_nll(
     logps: torch.Tensor, response_mask: torch.Tensor, normalizer: str, n_tokens: float, n_seqs: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -71,16 +57,10 @@ def _col(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, 1) if x.dim() == 1 else x
 
 
-def compute_naive_policy_gradient_loss(raw_rewards_or_advantages: torch.Tensor, policy_log_probs: torch.Tensor) -> torch.Tensor:
-    """REINFORCE per-token loss: -A * logp. A: (B,) or (B, 1); logp: (B, T) -> (B, T)."""
-    return -_col(raw_rewards_or_advantages).to(policy_log_probs.dtype) * policy_log_probs
-
-
-def compute_grpo_clip_loss(advantages: torch.Tensor, policy_log_probs: torch.Tensor, old_log_probs: torch.Tensor,
-                           cliprange: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO-clip surrogate per token (arXiv:1707.06347): -min(rho A, clip(rho, 1-eps, 1+eps) A),
-    rho = exp(logp - old_logp). metadata["clipped"] marks tokens where the clipped term is the min."""
-    return pg_clip_asymmetric(advantages, policy_log_probs, old_log_probs, cliprange, cliprange)
+def pg_reinforce(advantages: torch.Tensor, policy_log_probs: torch.Tensor) -> torch.Tensor:
+    """REINFORCE per-token loss: -A * logp. A: (B,) or (B, 1) (raw rewards for no baseline, advantages
+    otherwise); logp: (B, T) -> (B, T)."""
+    return -_col(advantages).to(policy_log_probs.dtype) * policy_log_probs
 
 
 def pg_clip_asymmetric(advantages, policy_log_probs, old_log_probs, eps_low: float, eps_high: float):
@@ -107,65 +87,49 @@ def gspo_loss(advantages, policy_log_probs, old_log_probs, response_mask, eps_lo
     return loss, {"clipped": clipped < unclipped, "ratio": s.detach()}
 
 
-def compute_policy_gradient_loss(policy_log_probs, loss_type: str, raw_rewards=None, advantages=None,
-                                 old_log_probs=None, cliprange=None) -> tuple[torch.Tensor, dict]:
-    """loss_type: no_baseline (-R logp), reinforce_with_baseline (-A logp), grpo_clip. -> ((B, T), meta)."""
-    if loss_type == "no_baseline":
-        if raw_rewards is None:
-            raise ValueError("no_baseline needs raw_rewards")
-        return compute_naive_policy_gradient_loss(raw_rewards, policy_log_probs), {}
-    if loss_type == "reinforce_with_baseline":
-        if advantages is None:
-            raise ValueError("reinforce_with_baseline needs advantages")
-        return compute_naive_policy_gradient_loss(advantages, policy_log_probs), {}
-    if loss_type == "grpo_clip":
-        if advantages is None or old_log_probs is None or cliprange is None:
-            raise ValueError("grpo_clip needs advantages, old_log_probs and cliprange")
-        return compute_grpo_clip_loss(advantages, policy_log_probs, old_log_probs, cliprange)
-    raise ValueError(f"unknown loss_type {loss_type!r}: no_baseline, reinforce_with_baseline or grpo_clip")
+def token_mean(per_token, mask, n_tokens, n_seqs, constant=None):
+    """sum(mask * l) / n_tokens (DAPO; every token weighs the same)."""
+    return masked_normalize(per_token, mask, normalize_constant=n_tokens)
 
 
-def grpo_microbatch_train_step(policy_log_probs, response_mask, gradient_accumulation_steps: int, loss_type: str,
-                               raw_rewards=None, advantages=None, old_log_probs=None, cliprange=None):
-    """The plan's GRPO micro-step: per-token loss, masked mean per sequence, mean over the batch,
-    divided by the accumulation steps; calls backward(). Returns (loss, metadata)."""
-    per_token, meta = compute_policy_gradient_loss(policy_log_probs, loss_type, raw_rewards, advantages,
-                                                   old_log_probs, cliprange)
-    loss = masked_mean(per_token, response_mask, dim=-1).mean() / gradient_accumulation_steps
-    loss.backward()
-    return loss.detach(), meta
+def seq_mean(per_token, mask, n_tokens, n_seqs, constant=None):
+    """sum_i masked_mean_t(per_token_i) / n_seqs (GRPO paper; every sequence weighs the same; an empty
+    response adds 0)."""
+    return masked_mean(per_token, mask, dim=-1).nan_to_num(0.0).sum() / n_seqs
+
+
+def constant_normalize(per_token, mask, n_tokens, n_seqs, constant=None):
+    """sum(mask * l) / (constant * n_seqs) (Dr. GRPO: a fixed length normaliser, e.g. max_new_tokens)."""
+    if not constant:
+        raise ValueError("aggregate mode 'constant' needs the constant (e.g. max_new_tokens)")
+    return masked_normalize(per_token, mask, normalize_constant=constant * n_seqs)
+
+
+# How a (B, T) per-token loss becomes the micro-batch's share of the step's loss; the counts are the
+# whole optimizer step's, so micro-batching cannot change the update.
+AGGREGATIONS = {"token_mean": token_mean, "seq_mean": seq_mean, "constant": constant_normalize}
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, mode: str, n_tokens: float, n_seqs: float,
               constant: float | None = None) -> torch.Tensor:
-    """Reduce a (B, T) per-token loss of one micro-batch so that micro-batch results add up to the
-    optimizer step's loss. Counts are those of the whole step:
-      token_mean: sum(mask * l) / n_tokens                 (DAPO; every token weighs the same)
-      seq_mean:   sum_i masked_mean_i(l) / n_seqs           (GRPO paper; every sequence weighs the same)
-      constant:   sum(mask * l) / (constant * n_seqs)       (Dr. GRPO: a fixed length normaliser)"""
-    if mode == "token_mean":
-        return masked_normalize(per_token, mask, normalize_constant=n_tokens)
-    if mode == "seq_mean":
-        return masked_mean(per_token, mask, dim=-1).nan_to_num(0.0).sum() / n_seqs
-    if mode == "constant":
-        if not constant:
-            raise ValueError("aggregate mode 'constant' needs the constant (e.g. max_new_tokens)")
-        return masked_normalize(per_token, mask, normalize_constant=constant * n_seqs)
-    raise ValueError(f"unknown aggregation {mode!r}: token_mean, seq_mean or constant")
+    """AGGREGATIONS[mode]; per_token, mask: (B, T) -> scalar."""
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {mode!r}: {', '.join(AGGREGATIONS)}")
+    return AGGREGATIONS[mode](per_token, mask, n_tokens, n_seqs, constant)
 
 
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token estimators of KL(pi || ref) from samples of pi (Schulman, "Approximating KL
     divergence"), with log r = ref_logp - logp:  k1 = -log r;  k2 = (log r)^2 / 2;
     k3 = r - 1 - log r (unbiased, always >= 0; the GRPO paper's choice)."""
-    log_r = ref_logps - logps
-    if kind == "k1":
-        return -log_r
-    if kind == "k2":
-        return 0.5 * log_r**2
-    if kind == "k3":
-        return torch.exp(log_r) - 1 - log_r
-    raise ValueError(f"unknown KL estimator {kind!r}: k1, k2 or k3")
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}: {', '.join(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[kind](ref_logps - logps)
+
+
+# Per-token KL(pi || ref) estimators of log r = ref_logp - logp, for samples drawn from pi.
+KL_ESTIMATORS = {"k1": lambda log_r: -log_r, "k2": lambda log_r: 0.5 * log_r**2,
+                 "k3": lambda log_r: torch.exp(log_r) - 1 - log_r}
 
 
 def truncated_is_weights(train_logps: torch.Tensor, sampler_logps: torch.Tensor, cap: float) -> torch.Tensor:

@@ -6,7 +6,8 @@ import torch
 
 from alignlab.data import tokenize_prompt_and_output
 from alignlab.logprobs import compute_entropy, get_response_log_probs, naive_response_log_probs
-from alignlab.losses import masked_mean, masked_normalize, sft_microbatch_train_step, sft_nll
+from alignlab.cs336 import sft_microbatch_train_step
+from alignlab.losses import masked_mean, masked_normalize, sft_nll
 
 
 def test_compute_entropy_matches_reference_and_is_stable():

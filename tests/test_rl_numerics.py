@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from alignlab import advantages as A
+from alignlab import cs336 as C
 from alignlab import losses as L
 
 
@@ -47,9 +48,9 @@ def test_naive_pg_loss_and_clip_inactive_at_ratio_one():
     torch.manual_seed(0)
     logp = (-torch.rand(3, 5)).requires_grad_()
     adv = torch.tensor([1.0, -2.0, 0.5])
-    naive = L.compute_naive_policy_gradient_loss(adv[:, None], logp)
+    naive = C.compute_naive_policy_gradient_loss(adv[:, None], logp)
     torch.testing.assert_close(naive, -adv[:, None] * logp)
-    clip, meta = L.compute_grpo_clip_loss(adv[:, None], logp, logp.detach(), cliprange=0.2)
+    clip, meta = C.compute_grpo_clip_loss(adv[:, None], logp, logp.detach(), cliprange=0.2)
     torch.testing.assert_close(clip, -adv[:, None] * torch.ones_like(logp))  # ratio 1: loss = -A
     (g_naive,) = torch.autograd.grad(naive.sum(), logp)
     (g_clip,) = torch.autograd.grad(clip.sum(), logp)
@@ -60,10 +61,10 @@ def test_naive_pg_loss_and_clip_inactive_at_ratio_one():
 def test_clip_values_and_flags_by_hand():
     old = torch.zeros(1, 4)
     logp = torch.log(torch.tensor([[0.5, 0.9, 1.1, 1.5]])).requires_grad_()
-    pos, meta = L.compute_grpo_clip_loss(torch.tensor([2.0]), logp, old, cliprange=0.2)
+    pos, meta = C.compute_grpo_clip_loss(torch.tensor([2.0]), logp, old, cliprange=0.2)
     torch.testing.assert_close(pos.detach(), -2.0 * torch.tensor([[0.5, 0.9, 1.1, 1.2]]))
     assert meta["clipped"].tolist() == [[False, False, False, True]]
-    neg, meta = L.compute_grpo_clip_loss(torch.tensor([-1.0]), logp, old, cliprange=0.2)
+    neg, meta = C.compute_grpo_clip_loss(torch.tensor([-1.0]), logp, old, cliprange=0.2)
     torch.testing.assert_close(neg.detach(), torch.tensor([[0.8, 0.9, 1.1, 1.5]]))
     assert meta["clipped"].tolist() == [[True, False, False, False]]
     (g,) = torch.autograd.grad(pos.sum(), logp)
@@ -87,7 +88,7 @@ def test_gspo_gradient_at_ratio_one_is_the_sequence_mean_policy_gradient():
     adv = torch.tensor([1.0, -0.5])
     gspo, _ = L.gspo_loss(adv, logp, logp.detach(), mask, 0.2, 0.2)
     (g1,) = torch.autograd.grad(L.aggregate(gspo, mask, "seq_mean", mask.sum(), 2), logp)
-    ref = L.aggregate(L.compute_naive_policy_gradient_loss(adv, logp), mask, "seq_mean", mask.sum(), 2)
+    ref = L.aggregate(C.compute_naive_policy_gradient_loss(adv, logp), mask, "seq_mean", mask.sum(), 2)
     (g2,) = torch.autograd.grad(ref, logp)
     torch.testing.assert_close(g1, g2)
     # the sequence ratio is clipped as a whole: a far-off-policy sequence gets no gradient
@@ -100,14 +101,14 @@ def test_compute_policy_gradient_loss_dispatch():
     logp = -torch.rand(2, 3)
     r = torch.tensor([[1.0], [0.0]])
     a = torch.tensor([[0.5], [-0.5]])
-    torch.testing.assert_close(L.compute_policy_gradient_loss(logp, "no_baseline", raw_rewards=r)[0], -r * logp)
-    torch.testing.assert_close(L.compute_policy_gradient_loss(logp, "reinforce_with_baseline", advantages=a)[0], -a * logp)
-    loss, meta = L.compute_policy_gradient_loss(logp, "grpo_clip", advantages=a, old_log_probs=logp, cliprange=0.2)
+    torch.testing.assert_close(C.compute_policy_gradient_loss(logp, "no_baseline", raw_rewards=r)[0], -r * logp)
+    torch.testing.assert_close(C.compute_policy_gradient_loss(logp, "reinforce_with_baseline", advantages=a)[0], -a * logp)
+    loss, meta = C.compute_policy_gradient_loss(logp, "grpo_clip", advantages=a, old_log_probs=logp, cliprange=0.2)
     assert "clipped" in meta and loss.shape == logp.shape
     with pytest.raises(ValueError, match="needs"):
-        L.compute_policy_gradient_loss(logp, "grpo_clip", advantages=a)
+        C.compute_policy_gradient_loss(logp, "grpo_clip", advantages=a)
     with pytest.raises(ValueError, match="unknown loss_type"):
-        L.compute_policy_gradient_loss(logp, "ppo", advantages=a)
+        C.compute_policy_gradient_loss(logp, "ppo", advantages=a)
 
 
 def test_grpo_microbatch_train_step_value_and_accumulation():
@@ -115,11 +116,11 @@ def test_grpo_microbatch_train_step_value_and_accumulation():
     logp = (-torch.rand(3, 4)).requires_grad_()
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
     adv = torch.tensor([[1.0], [-1.0], [2.0]])
-    loss, _ = L.grpo_microbatch_train_step(logp, mask, 4, "reinforce_with_baseline", advantages=adv)
+    loss, _ = C.grpo_microbatch_train_step(logp, mask, 4, "reinforce_with_baseline", advantages=adv)
     per_seq = [(-adv[i, 0] * logp[i][mask[i]]).mean() for i in range(3)]
     assert loss.item() == pytest.approx((sum(per_seq) / 3 / 4).item(), rel=1e-6)
     g1 = logp.grad.clone()
-    L.grpo_microbatch_train_step(logp, mask, 4, "reinforce_with_baseline", advantages=adv)
+    C.grpo_microbatch_train_step(logp, mask, 4, "reinforce_with_baseline", advantages=adv)
     torch.testing.assert_close(logp.grad, 2 * g1)
 
 

@@ -60,6 +60,7 @@ def _simpo(lp, ref, n, cfg):
 
 # (sequence log-probs, reference log-probs, response lengths, dpo config) -> (per-pair loss, stats)
 LOSSES = {"sigmoid": _sigmoid, "cdpo": _cdpo, "ipo": _ipo, "hinge": _hinge, "simpo": _simpo}
+REFERENCE_FREE = {"simpo"}  # losses that read no reference log-probs: no reference is built or run
 
 
 def pair_logps(model, pairs: list[tuple[data.Encoded, data.Encoded]], pad_id: int, device, prec):
@@ -99,11 +100,13 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
     mode = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
+    if d.loss in REFERENCE_FREE:
+        mode = "none"
     ref_model = None
-    if d.loss != "simpo" and mode == "copy":
+    if mode == "copy":
         ref_model = models.load_frozen_reference(cfg.model, t.precision)
     cache = {}
-    if d.loss != "simpo" and mode == "precomputed":
+    if mode == "precomputed":
         path = cfg.run_dir / "reference_logps.pt"
         if path.exists():  # written before step 1 of this run: a resume must not recompute from the trained policy
             cache = torch.load(path)
@@ -114,7 +117,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
             path.with_suffix(".tmp").replace(path)
 
     def ref_for(split: str, idx: list[int], pairs):
-        if d.loss == "simpo":
+        if mode == "none":
             return {"c": None, "r": None}
         if mode == "precomputed":
             r = cache[split][idx].to(device)

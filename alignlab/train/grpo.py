@@ -36,13 +36,12 @@ from ..logprobs import get_response_log_probs
 from ..errors import TrainingDiverged
 
 
-def _pg(loss_type):
-    def f(logps, mb, rl):
-        per_token, meta = losses.compute_policy_gradient_loss(
-            logps, loss_type, raw_rewards=mb["rewards"], advantages=mb["advantages"],
-            old_log_probs=mb["old_logps"], cliprange=rl.eps_low)
-        return per_token, meta
-    return f
+def _no_baseline(logps, mb, rl):
+    return losses.pg_reinforce(mb["rewards"], logps), {}
+
+
+def _with_baseline(logps, mb, rl):
+    return losses.pg_reinforce(mb["advantages"], logps), {}
 
 
 def _clip(logps, mb, rl):
@@ -54,14 +53,15 @@ def _gspo(logps, mb, rl):
 
 
 # The variants, visible in one place: each is (logps, micro-batch, rl config) -> (per-token loss, metadata).
-LOSSES = {"no_baseline": _pg("no_baseline"), "reinforce_with_baseline": _pg("reinforce_with_baseline"),
-          "grpo_clip": _clip, "gspo": _gspo}
+LOSSES = {"no_baseline": _no_baseline, "reinforce_with_baseline": _with_baseline, "grpo_clip": _clip, "gspo": _gspo}
 
-
-def advantages_for(rewards: torch.Tensor, cfg: GRPOConfig) -> torch.Tensor:
-    if cfg.rl.advantage == "rloo":
-        return A.leave_one_out(rewards, cfg.rl.group_size)
-    return A.group_normalize(rewards, cfg.rl.group_size, cfg.rl.normalize_by_std, cfg.rl.advantage_eps)
+# Advantages from each prompt's group of rewards (B,) -> (B,) (`rl.advantage`).
+ADVANTAGES = {
+    "group": lambda r, rl: A.group_normalize(r, rl.group_size, rl.normalize_by_std, rl.advantage_eps),
+    "rloo": lambda r, rl: A.leave_one_out(r, rl.group_size),
+}
+AGGREGATE = losses.AGGREGATIONS  # how the per-token loss is reduced (`rl.aggregation`)
+KL = losses.KL_ESTIMATORS  # KL(policy || reference) per token (`rl.kl_estimator`)
 
 
 def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
@@ -121,7 +121,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             examples, ro, scores, resampled = sample_groups(sampler, task, cfg, step)
             t1 = time.perf_counter()
             rewards = torch.tensor([x["reward"] for x in scores])  # (B,)
-            adv = advantages_for(rewards, cfg)  # (B,)
+            adv = ADVANTAGES[rl.advantage](rewards, rl)  # (B,)
             batch = ro.tensors(tok.pad_token_id)
             batch.update(rewards=rewards, advantages=adv)
             t2 = time.perf_counter()
@@ -160,12 +160,12 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                         for name, v in (("tis/weight_mean", w), ("tis/capped_frac", (w >= rl.tis_cap).float())):
                             agg[name] = agg.get(name, 0.0) + losses.masked_normalize(v, m, normalize_constant=n_tokens).item()
                     if rl.kl_coef > 0:
-                        kl = losses.kl_estimate(logps, mb["ref_logps"], rl.kl_estimator)
+                        kl = KL[rl.kl_estimator](mb["ref_logps"] - logps)
                         per_token = per_token + rl.kl_coef * kl
                         agg["kl/ref"] += losses.masked_normalize(kl.detach(), m, normalize_constant=n_tokens).item()
                     if rl.entropy_coef > 0:
                         per_token = per_token - rl.entropy_coef * out["token_entropy"]
-                    loss = losses.aggregate(per_token, m, rl.aggregation, n_tokens, n_seqs, constant=cfg.sampling.max_new_tokens)
+                    loss = AGGREGATE[rl.aggregation](per_token, m, n_tokens, n_seqs, constant=cfg.sampling.max_new_tokens)
                     (scaler.scale(loss) if scaler else loss).backward()
                     agg["loss/policy"] += loss.item()
                     agg["entropy/mean"] += losses.masked_normalize(out["token_entropy"].detach(), m, normalize_constant=n_tokens).item()
