@@ -74,6 +74,47 @@ class Run:
     def due(self, step: int, every: int, total: int) -> bool:
         return step == total or (every > 0 and step % every == 0)
 
+    # -- what every loop does around its steps -----------------------------------------------------
+
+    def begin(self, cfg, model, tokenizer, optimizer, config_hooks: list[str], extra_hooks: list | None) -> None:
+        """Load the run's hooks (the config's import strings, then the objects passed to `main`), keep
+        their context, and call on_start."""
+        from . import hooks as H
+
+        self.hooks = H.load(config_hooks, extra_hooks)
+        self.ctx = H.Context(cfg, self, model, tokenizer, optimizer)
+        H.call(self.hooks, "on_start", self.ctx)
+
+    def progress(self, total: int, start: int, description: str, every: int | None = None):
+        """The progress display `end_step` advances (a context manager)."""
+        self.bar = progress(total, start, description, every)
+        return self.bar
+
+    def end_step(self, step: int, total: int, metrics: dict, *, shown: str, evaluate=None, eval_every: int = 0,
+                 evaluated: tuple[dict, list] | None = None, save=None, save_every: int = 0) -> dict:
+        """Every loop ends its step with this one call: log the step's row, advance the progress display
+        (`shown`: its loss field), call on_step_end; when due, `evaluate() -> (metrics, sample rows)` is
+        logged, its samples written, on_eval called and the metrics printed; when due, `save(step) -> path`
+        and on_save. A loop that evaluated inside the step (expert iteration) passes `evaluated`, which
+        joins the step's row. Hooks run in the same order in every loop. -> the step's row."""
+        from . import hooks as H
+
+        row = self.log(step, **(evaluated[0] if evaluated else {}), **metrics)
+        tps = row.get("tokens/per_s")
+        self.bar.update(self.bar.task_ids[0], advance=1, loss=shown, tps=f"{tps:,.0f}" if tps is not None else "-")
+        H.call(self.hooks, "on_step_end", self.ctx, step, row)
+        if evaluated is None and evaluate is not None and self.due(step, eval_every, total):
+            evaluated = evaluate()
+            self.log(step, **evaluated[0])
+            self.bar.console.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluated[0].items()))
+        if evaluated is not None:
+            if evaluated[1]:
+                self.samples(step, evaluated[1])
+            H.call(self.hooks, "on_eval", self.ctx, step, evaluated[0])
+        if save is not None and self.due(step, save_every, total):
+            H.call(self.hooks, "on_save", self.ctx, step, save(step))
+        return row
+
 
 class TensorBoardSink:
     """Scalars to run_dir/tensorboard (`tensorboard --logdir runs`)."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, hooks as H, losses, models, optim, tracking
+from .. import checkpoint, data, losses, models, optim, tracking
 from ..config import DPOConfig
 from ..errors import TrainingDiverged
 from ..step import micro_logps, to_device
@@ -151,14 +151,12 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     run.truncate_after(start)
-    hooks = H.load(t.hooks, hooks)
-    ctx = H.Context(cfg, run, policy, tok, opt)
-    H.call(hooks, "on_start", ctx)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
     if start == 0 and held:
         run.log(0, **evaluate())
     sampler = data.StepSampler(len(train), t.global_batch_pairs, cfg.seed)
     policy.train()
-    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
+    with run.progress(total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             idx_all = sampler.indices(step)
@@ -179,17 +177,11 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
                 raise TrainingDiverged(f"loss is {agg['loss/train']} at step {step + 1}; the update was not applied")
             grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
             done, dt = step + 1, time.perf_counter() - t0
-            row = run.log(done, **agg, **{"grad/norm": grad_norm, "lr": sched.get_last_lr()[0], "time/step": dt,
-                                          "mem/peak_gb": tracking.peak_memory_gb(device)})
-            bar.update(bar.task_ids[0], advance=1, loss=f"{agg['loss/train']:.4f}", tps=f"{sum(len(a.ids) + len(b.ids) for a, b in (train[j] for j in idx_all)) / dt:,.0f}")
-            H.call(hooks, "on_step_end", ctx, done, row)
-            if held and run.due(done, t.eval_every, total_steps):
-                metrics = evaluate()
-                run.log(done, **metrics)
-                H.call(hooks, "on_eval", ctx, done, metrics)
-                bar.console.print(f"step {done}: eval loss {metrics['eval/loss']:.4f}, "
-                                  f"preference accuracy {metrics['eval/rewards/accuracy']:.3f}")
-            if run.due(done, t.save_every, total_steps):
-                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
-                H.call(hooks, "on_save", ctx, done, path)
+            n_tok = sum(len(a.ids) + len(b.ids) for a, b in (train[j] for j in idx_all))
+            run.end_step(done, total_steps, {
+                **agg, "grad/norm": grad_norm, "lr": sched.get_last_lr()[0], "time/step": dt, "tokens/per_s": n_tok / dt,
+                "mem/peak_gb": tracking.peak_memory_gb(device)}, shown=f"{agg['loss/train']:.4f}",
+                evaluate=(lambda: (evaluate(), None)) if held else None, eval_every=t.eval_every,
+                save=lambda s: checkpoint.save(cfg.run_dir, s, policy, tok, opt, sched, t.keep_last, scaler=scaler),
+                save_every=t.save_every)
     return cfg.run_dir

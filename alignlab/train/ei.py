@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, hooks as H, models, optim, rollout, tasks, tracking
+from .. import checkpoint, data, models, optim, rollout, tasks, tracking
 from ..config import EIConfig
 from ..errors import TrainingDiverged
 from ..step import accumulate_step
@@ -50,15 +50,13 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     run.truncate_after(start)
-    hooks = H.load(t.hooks, hooks)
-    ctx = H.Context(cfg, run, policy, tok, opt)
-    H.call(hooks, "on_start", ctx)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
     if start == 0:
         metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
 
-    with tracking.progress(e.n_ei_steps, start, cfg.name, every=t.log_every) as bar:
+    with run.progress(e.n_ei_steps, start, cfg.name, every=t.log_every) as bar:
         for rnd in range(start, e.n_ei_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(e.questions_per_round, rnd)
@@ -87,23 +85,19 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
             sampler.sync()  # vLLM: push the new weights before evaluating and the next round
             t2 = time.perf_counter()
             done = rnd + 1
-            evaluated = run.due(done, t.eval_every, e.n_ei_steps)
-            metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler) if evaluated else ({}, [])
-            row = run.log(done, **metrics, **{
-                "ei/questions_with_correct_frac": (per_q.max(1).values > 0).float().mean().item(),
-                "ei/kept_samples": len(items), "ei/updates": n_updates,
-                "reward/mean": per_q.mean().item(), "loss/train": sum(losses_) / max(len(losses_), 1),
+            # a round's held-out evaluation joins the round's row (one metrics row per round)
+            evaluated = (tasks.evaluate_run(policy, tok, task, cfg, sampler)
+                         if run.due(done, t.eval_every, e.n_ei_steps) else None)
+            found = (per_q.max(1).values > 0).float().mean().item()
+            train_loss = sum(losses_) / max(len(losses_), 1)
+            bar.console.print(f"round {done}: kept {len(items)} samples, {100 * found:.0f}% of questions had a correct one"
+                              + (f", held-out accuracy {evaluated[0]['eval/accuracy']:.3f}" if evaluated else ""))
+            run.end_step(done, e.n_ei_steps, {
+                "ei/questions_with_correct_frac": found, "ei/kept_samples": len(items), "ei/updates": n_updates,
+                "reward/mean": per_q.mean().item(), "loss/train": train_loss,
                 "lr": sched.get_last_lr()[0], "time/rollout": t1 - t0, "time/train": t2 - t1,
-                "tokens/per_s": n_seen / max(t2 - t1, 1e-9), "mem/peak_gb": tracking.peak_memory_gb(device)})
-            bar.update(bar.task_ids[0], advance=1, loss=f"{row['loss/train']:.4f}", tps=f"{row['tokens/per_s']:,.0f}")
-            bar.console.print(f"round {done}: kept {len(items)} samples, {100 * row['ei/questions_with_correct_frac']:.0f}% "
-                              "of questions had a correct one"
-                              + (f", held-out accuracy {metrics['eval/accuracy']:.3f}" if evaluated else ""))
-            H.call(hooks, "on_step_end", ctx, done, row)
-            if evaluated:
-                run.samples(done, rows)
-                H.call(hooks, "on_eval", ctx, done, metrics)
-            if run.due(done, t.save_every, e.n_ei_steps):
-                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
-                H.call(hooks, "on_save", ctx, done, path)
+                "tokens/per_s": n_seen / max(t2 - t1, 1e-9), "mem/peak_gb": tracking.peak_memory_gb(device)},
+                shown=f"{train_loss:.4f}", evaluated=evaluated,
+                save=lambda s: checkpoint.save(cfg.run_dir, s, policy, tok, opt, sched, t.keep_last, scaler=scaler),
+                save_every=t.save_every)
     return cfg.run_dir

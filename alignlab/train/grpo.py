@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .. import advantages as A
-from .. import checkpoint, hooks as H, losses, models, optim, rollout, tasks, tracking
+from .. import checkpoint, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
 from ..logprobs import get_response_log_probs
 from ..errors import TrainingDiverged
@@ -106,16 +106,14 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     run.truncate_after(start)
-    hooks = H.load(t.hooks, hooks)
-    ctx = H.Context(cfg, run, policy, tok, opt)
-    H.call(hooks, "on_start", ctx)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
     if start == 0:
         metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
     n_seqs = rl.prompts_per_step * rl.group_size
 
-    with tracking.progress(t.total_steps, start, cfg.name, every=t.log_every) as bar:
+    with run.progress(t.total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
             examples, ro, scores, resampled = sample_groups(sampler, task, cfg, step)
@@ -189,7 +187,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             g = rewards.view(-1, rl.group_size)
             resp_len = mask_all.sum(-1).float()
             done = step + 1
-            row = run.log(done, **stats, **{
+            run.end_step(done, t.total_steps, {**stats, **{
                 "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
                 "reward/format": sum(x["format_reward"] for x in scores) / len(scores),
                 "reward/answer": sum(x["answer_reward"] for x in scores) / len(scores),
@@ -199,16 +197,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                 "grad/norm": grad_norm, "lr": sched.get_last_lr()[0],
                 "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
                 "tokens/per_s": batch["attention_mask"].sum().item() / (t3 - t0),
-                "mem/peak_gb": tracking.peak_memory_gb(device)})
-            bar.update(bar.task_ids[0], advance=1, loss=f"r={rewards.mean().item():.3f}", tps=f"{row['tokens/per_s']:,.0f}")
-            H.call(hooks, "on_step_end", ctx, done, row)
-            if run.due(done, t.eval_every, t.total_steps):
-                metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
-                run.log(done, **metrics)
-                run.samples(done, rows)
-                H.call(hooks, "on_eval", ctx, done, metrics)
-                bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if run.due(done, t.save_every, t.total_steps):
-                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
-                H.call(hooks, "on_save", ctx, done, path)
+                "mem/peak_gb": tracking.peak_memory_gb(device)}}, shown=f"r={rewards.mean().item():.3f}",
+                evaluate=lambda: tasks.evaluate_run(policy, tok, task, cfg, sampler), eval_every=t.eval_every,
+                save=lambda s: checkpoint.save(cfg.run_dir, s, policy, tok, opt, sched, t.keep_last, scaler=scaler),
+                save_every=t.save_every)
     return cfg.run_dir

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .. import advantages as A
-from .. import checkpoint, critics, hooks as H, losses, models, optim, rollout, tasks, tracking
+from .. import checkpoint, critics, losses, models, optim, rollout, tasks, tracking
 from ..config import PPOConfig
 from ..rewards.scorer import build_scorer
 from ..errors import TrainingDiverged
@@ -61,15 +61,13 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     kl_coef = checkpoint.load_state(resume_from)["extra"]["kl_coef"] if resume_from is not None else p.kl_coef
     run.truncate_after(start)
-    hooks = H.load(t.hooks, hooks)
-    ctx = H.Context(cfg, run, policy, tok, opt)
-    H.call(hooks, "on_start", ctx)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
     if start == 0:
         metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
 
-    with tracking.progress(t.total_steps, start, cfg.name, every=t.log_every) as bar:
+    with run.progress(t.total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(p.rollout_size, step)
@@ -136,7 +134,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
             m_all = mask.bool()
             var_r = returns[m_all].var()
             done = step + 1
-            row = run.log(done, **{k: v / max(n_mb, 1) for k, v in agg.items()}, **parts, **{
+            run.end_step(done, t.total_steps, {**{k: v / max(n_mb, 1) for k, v in agg.items()}, **parts, **{
                 "reward/score": scores.mean().item(), "reward/score_std": scores.std().item() if len(scores) > 1 else 0.0,
                 "returns/mean": returns[m_all].mean().item(), "adv/mean": adv[m_all].mean().item(),
                 "value/explained_variance": (1 - (returns[m_all] - old_values[m_all]).var() / var_r).item()
@@ -146,19 +144,11 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                 "response/len_mean": mask.sum(-1).float().mean().item(), "lr": sched.get_last_lr()[0],
                 "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
                 "tokens/per_s": batch["attention_mask"].sum().item() * (1 + epochs_run) / (t3 - t0),
-                "mem/peak_gb": tracking.peak_memory_gb(device)})
-            bar.update(bar.task_ids[0], advance=1, loss=f"r={row['reward/score']:.3f}", tps=f"{row['tokens/per_s']:,.0f}")
-            H.call(hooks, "on_step_end", ctx, done, row)
-            if run.due(done, t.eval_every, t.total_steps):
-                metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
-                run.log(done, **metrics)
-                run.samples(done, rows)
-                H.call(hooks, "on_eval", ctx, done, metrics)
-                bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if run.due(done, t.save_every, t.total_steps):
+                "mem/peak_gb": tracking.peak_memory_gb(device)}}, shown=f"r={scores.mean().item():.3f}",
+                evaluate=lambda: tasks.evaluate_run(policy, tok, task, cfg, sampler), eval_every=t.eval_every,
                 # lora_adapters: peft writes the value adapter to value/ beside the policy adapter at the root
-                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler,
-                                       extra={"value_head": critic.head.state_dict(), "kl_coef": kl_coef},
-                                       submodels=critic.submodels())
-                H.call(hooks, "on_save", ctx, done, path)
+                save=lambda s: checkpoint.save(cfg.run_dir, s, policy, tok, opt, sched, t.keep_last, scaler=scaler,
+                                               extra={"value_head": critic.head.state_dict(), "kl_coef": kl_coef},
+                                               submodels=critic.submodels()),
+                save_every=t.save_every)
     return cfg.run_dir

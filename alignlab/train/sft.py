@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, hooks as H, losses, models, optim, rollout, tracking
+from .. import checkpoint, data, losses, models, optim, rollout, tracking
 from ..config import SFTConfig
 from ..errors import TrainingDiverged
 from ..step import accumulate_step, make_batch, micro_logps, to_device
@@ -64,9 +64,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     run.truncate_after(start)
     if resume_from is not None:
         tracking.console.print(f"[green]resumed from {resume_from} (step {start})")
-    hooks = H.load(t.hooks, hooks)
-    ctx = H.Context(cfg, run, policy, tok, opt)
-    H.call(hooks, "on_start", ctx)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
     trainable, total = models.count_parameters(policy)
     tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
                            f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
@@ -79,7 +77,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
 
     sampler = data.StepSampler(len(train_set), t.global_batch_seqs, cfg.seed)
     policy.train()
-    with tracking.progress(total_steps, start, cfg.name, every=t.log_every) as bar:
+    with run.progress(total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
@@ -96,18 +94,12 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
                 raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}; lower optim.lr")
             done = step + 1
             dt = time.perf_counter() - t0
-            row = run.log(done, **{"loss/train": step_loss, "lr": sched.get_last_lr()[0], "grad/norm": grad_norm,
-                                   "tokens/response": sum(e.n_response for e in items), "tokens/per_s": n_seen / dt, "time/step": dt,
-                                   "mem/peak_gb": tracking.peak_memory_gb(device)})
-            bar.update(bar.task_ids[0], advance=1, loss=f"{step_loss:.4f}", tps=f"{n_seen / dt:,.0f}")
-            H.call(hooks, "on_step_end", ctx, done, row)
-            if eval_set and run.due(done, t.eval_every, total_steps):
-                metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
-                run.log(done, **metrics)
-                run.samples(done, rows)
-                H.call(hooks, "on_eval", ctx, done, metrics)
-                bar.console.print(f"step {done}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if run.due(done, t.save_every, total_steps):
-                path = checkpoint.save(cfg.run_dir, done, policy, tok, opt, sched, t.keep_last, scaler=scaler)
-                H.call(hooks, "on_save", ctx, done, path)
+            run.end_step(done, total_steps, {
+                "loss/train": step_loss, "lr": sched.get_last_lr()[0], "grad/norm": grad_norm,
+                "tokens/response": sum(e.n_response for e in items), "tokens/per_s": n_seen / dt, "time/step": dt,
+                "mem/peak_gb": tracking.peak_memory_gb(device)}, shown=f"{step_loss:.4f}",
+                evaluate=(lambda: evaluate(policy, tok, eval_set, cfg, device, prec)) if eval_set else None,
+                eval_every=t.eval_every,
+                save=lambda s: checkpoint.save(cfg.run_dir, s, policy, tok, opt, sched, t.keep_last, scaler=scaler),
+                save_every=t.save_every)
     return cfg.run_dir
