@@ -191,7 +191,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
             idx = order[s : s + batch_size]
             texts = [prompts[i] for i in idx]
             enc = tokenizer(texts, return_tensors="pt", padding=True,
-                            add_special_tokens=not _starts_with_bos(tokenizer, texts[0])).to(device)
+                            add_special_tokens=not starts_with_bos(tokenizer, texts[0])).to(device)
             kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
                           eos_token_id=tokenizer.eos_token_id)
             if stop:
@@ -217,7 +217,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
                     graphs=decode == "cuda_graphs")
             for j, row in enumerate(new.tolist()):
                 i = idx[j // n]
-                ids = _cut(row, tokenizer, stop)
+                ids = cut(row, tokenizer, stop)
                 pid = enc["input_ids"][j // n][enc["attention_mask"][j // n].bool()].tolist()
                 lp = logps[j, : len(ids)].tolist() if logps is not None and return_logprobs else None
                 per_prompt[i].append((tokenizer.decode(ids, skip_special_tokens=True), pid, ids, lp))
@@ -277,11 +277,11 @@ def make_sampler(sampling, policy, tokenizer, model_cfg, lora_cfg, precision, se
     return VLLMSampler(policy, tokenizer, sampling.vllm, model_cfg=model_cfg, lora_cfg=lora_cfg, dtype=dtype, seed=seed)
 
 
-def _starts_with_bos(tokenizer, text: str) -> bool:
+def starts_with_bos(tokenizer, text: str) -> bool:
     return bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
 
 
-def _cut(row: list[int], tokenizer, stop: list[str] | None) -> list[int]:
+def cut(row: list[int], tokenizer, stop: list[str] | None) -> list[int]:
     """Up to and including EOS; else up to the token that completes a stop string; else drop the
     padding generate() appends after a finished sequence."""
     eos = tokenizer.eos_token_id

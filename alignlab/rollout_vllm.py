@@ -8,7 +8,7 @@
 How it stays on-policy:
 - **Same tokens in, same tokens out.** Prompts are tokenised by our tokenizer exactly as the HF
   backend does and passed as token ids; completions are cut at EOS or at the token completing a
-  stop string by the same `_cut` as the HF backend, so both backends give the same `Rollout`.
+  stop string by the same `rollout.cut` as the HF backend, so both backends give the same `Rollout`.
 - **The sampler's log-probs are the ones it sampled from.** The engine runs with
   `logprobs_mode="processed_logprobs"`: temperature and top-p are applied before the log-probs are
   recorded, so `Rollout.sampling_logps` is comparable with the trainer's recompute. The loops log
@@ -35,7 +35,7 @@ from typing import Iterator
 import torch
 
 from .config import ConfigError, LoRAConfig, ModelConfig, VLLMConfig
-from .rollout import Rollout, _cut, _starts_with_bos
+from .rollout import Rollout, cut, starts_with_bos
 
 _VLLM_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
@@ -136,7 +136,7 @@ def to_rollout(outputs, prompts: list[str], prompt_ids: list[list[int]], tokeniz
         if len(samples) != n:
             raise RuntimeError(f"vLLM returned {len(samples)} samples for a prompt, expected {n}")
         for c in samples:
-            ids = _cut(list(c.token_ids), tokenizer, stop)
+            ids = cut(list(c.token_ids), tokenizer, stop)
             completions.append(tokenizer.decode(ids, skip_special_tokens=True))
             pids.append(list(pid))
             cids.append(ids)
@@ -205,7 +205,7 @@ class VLLMSampler:
 
         self._wake()
         tok = self.tokenizer
-        prompt_ids = [tok(p, add_special_tokens=not _starts_with_bos(tok, p))["input_ids"] for p in prompts]
+        prompt_ids = [tok(p, add_special_tokens=not starts_with_bos(tok, p))["input_ids"] for p in prompts]
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
                                  max_tokens=max_new_tokens, stop=list(stop) if stop else None,
                                  include_stop_str_in_output=True, stop_token_ids=[tok.eos_token_id],

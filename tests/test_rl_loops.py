@@ -55,9 +55,9 @@ def test_greedy_generation_is_deterministic_and_batch_independent(model_tok):
 def test_stop_strings_cut_the_completion(model_tok):
     _, tok = model_tok
     ids = tok("7 </answer> 8 9", add_special_tokens=False)["input_ids"]
-    cut = rollout._cut(ids, tok, ["</answer>"])
+    cut = rollout.cut(ids, tok, ["</answer>"])
     assert tok.decode(cut) == "7 </answer>"
-    assert rollout._cut(ids + [tok.eos_token_id, tok.pad_token_id], tok, None)[-1] == tok.eos_token_id
+    assert rollout.cut(ids + [tok.eos_token_id, tok.pad_token_id], tok, None)[-1] == tok.eos_token_id
 
 
 def test_arithmetic_reward_edge_cases():

@@ -98,7 +98,7 @@ def test_to_rollout_cuts_like_the_hf_backend_and_orders_by_index(model_tok):
     ])]
     ro = rollout_vllm.to_rollout(outs, ["1+1="], [pid], tok, n=2, stop=["</answer>"], return_logprobs=True)
     assert ro.completion_ids[0] == answer[:1] + eos and ro.sampling_logps[0] == [-1.0, -2.0]
-    cut = rollout._cut(list(answer), tok, ["</answer>"])
+    cut = rollout.cut(list(answer), tok, ["</answer>"])
     assert ro.completion_ids[1] == cut and len(cut) < len(answer)
     assert ro.completions[1].endswith("</answer>") and ro.sampling_logps[1] == pytest.approx([-0.1 * (i + 1) for i in range(len(cut))])
     assert ro.prompt_ids == [pid, pid]
