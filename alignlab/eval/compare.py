@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from alignlab.eval import stats
-from alignlab.eval.io import EvalFileError, read_eval_file, write_json
+from alignlab.eval.io import EvalFileError, display_name, read_eval_file, write_json
 
 
 class CompareError(ValueError):
@@ -371,21 +371,9 @@ def _corpus(runs: list[Run], ids: list, seed: int, n_resamples: int, confidence:
     return out
 
 
-METRIC_NAMES = {
-    "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore", "fact_f1": "Fact-F1", "exact_match": "exact match",
-    "bleu": "BLEU", "codebleu": "CodeBLEU", "syntax_valid": "syntax validity", "harmless": "harmlessness",
-    "refused": "refusal rate", "refusal_correct": "refusal accuracy", "accuracy": "accuracy",
-    "format_reward": "format reward", "answer_reward": "answer reward",
-}
-
-
 # Metrics where higher is not simply better: a significant difference is reported as "higher
 # than", not "beats" (more refusals are good on harmful prompts and bad on benign ones).
 NEUTRAL_METRICS = {"refused"}
-
-
-def display_name(metric: str) -> str:
-    return METRIC_NAMES.get(metric, metric)
 
 
 def _fmt_diff(x: float, scale: float) -> str:

@@ -116,3 +116,16 @@ def eval_paths(run_dir: str | os.PathLike, task: str) -> tuple[Path, Path]:
     """(rows file, summary file) of a task's evaluation inside a run directory."""
     d = Path(run_dir) / "eval"
     return d / f"{task}.jsonl", d / f"{task}.summary.json"
+
+
+METRIC_NAMES = {
+    "rougeL": "ROUGE-L", "bertscore_f1": "BERTScore", "fact_f1": "Fact-F1", "exact_match": "exact match",
+    "bleu": "BLEU", "codebleu": "CodeBLEU", "syntax_valid": "syntax validity", "harmless": "harmlessness",
+    "refused": "refusal rate", "refusal_correct": "refusal accuracy", "accuracy": "accuracy",
+    "format_reward": "format reward", "answer_reward": "answer reward",
+}
+
+
+def display_name(metric: str) -> str:
+    """How reports name a metric (ROUGE-L, BERTScore, ...); unknown names are shown as they are."""
+    return METRIC_NAMES.get(metric, metric)

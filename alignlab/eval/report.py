@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignlab.eval.compare import display_name
+from alignlab.eval.io import display_name
 
 
 def _safe(label: str) -> str:
