@@ -15,6 +15,7 @@ TOOLS = {
     "eval": ("alignlab.eval.run", "generate on a task, grade, write eval files with bootstrap CIs"),
     "compare": ("alignlab.eval.compare", "paired statistical comparison of evaluated runs"),
     "analyze": ("alignlab.analysis.cli", "see inside a model: weights, activations, attention, capacity, memory"),
+    "preflight": ("alignlab.preflight", "before spending GPU hours: masks, gradient accumulation, memory, time; go/no-go"),
     "report": ("alignlab.analysis.report", "one self-contained HTML page of a run (curves, samples, analyses)"),
 }
 TRAIN = ALGORITHMS  # one table for the commands, the pipeline's stage kinds and StageConfig.kind
