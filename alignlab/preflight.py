@@ -136,7 +136,8 @@ def check_masks(algo: str, train, tok, n_show: int) -> tuple[Check, list[dict]]:
             "Likely cause: the chat template renders the response inside the prompt, or drops it (check "
             "data.format and the tokenizer's chat template), or the response is cut by data.max_seq_len"),
             {"empty": empty, "checked": n_total}), shown
-    return Check("masks", "ok", f"all {n_total} examples have trained tokens", {"checked": n_total}), shown
+    what = "examples" if algo == "sft" else f"sequences ({len(train)} pairs)"
+    return Check("masks", "ok", f"all {n_total} {what} have trained tokens", {"checked": n_total}), shown
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from alignlab import config as C
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SCHEMAS = {"sft": "SFTConfig", "ei": "EIConfig", "grpo": "GRPOConfig", "dpo": "DPOConfig", "rm": "RMConfig",
-           "ppo": "PPOConfig", "pipeline": "PipelineConfig"}
+           "ppo": "PPOConfig", "pipeline": "PipelineConfig", "preflight": None}  # preflight: any SFT or DPO config
 REPO_PATH = re.compile(r"(?<![\w./-])((?:alignlab|bench|docs|configs|tests)/[\w./-]*)")
 
 
@@ -64,9 +64,18 @@ def test_the_docs_name_commands():
 @pytest.mark.parametrize("algo,cfg,overrides,shown_failing", COMMANDS)
 def test_documented_command_config_loads(algo, cfg, overrides, shown_failing, monkeypatch):
     monkeypatch.chdir(ROOT)  # paths in the docs are relative to the repository root
-    schema = getattr(C, SCHEMAS[algo])
     if "/" in cfg or cfg.endswith(".yaml"):
         assert (ROOT / cfg).is_file(), f"{cfg} is named in the docs but does not exist"
+    if algo == "preflight":  # loads as the config of a loop that preflight checks
+        from alignlab.preflight import load
+
+        if shown_failing:
+            with pytest.raises(C.ConfigError):
+                load(cfg, overrides)
+        else:
+            load(cfg, overrides)
+        return
+    schema = getattr(C, SCHEMAS[algo])
     if shown_failing:  # the docs show this one refused, with its error: it must still be refused
         with pytest.raises(C.ConfigError):
             C.load_config(schema, cfg, overrides)
