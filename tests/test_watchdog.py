@@ -188,3 +188,20 @@ def test_sft_stop_and_rollback(tmp_path, qwen_dir, monkeypatch):
     with pytest.raises(WatchdogStop, match="step 3: grad_spike: grad/norm .* running median"):
         sft.main(cfg)
     assert json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[-1])["watchdog/action"] == "stop"
+
+
+def test_resume_rebuilds_the_running_state_from_metrics_rows(tmp_path):
+    """Exact resume: the state is a function of logged rows; replaying the kept rows gives the live state."""
+    run = tracking.Run(tmp_path)
+    run.watchdog = live = Watchdog(WatchdogConfig(), say=lambda t: None)
+    for step in range(1, 30):
+        norm = 50.0 if step == 12 else 1.0 + step / 100
+        live.guard(step, 1.0)(norm)
+        run.log(step, **{"grad/norm": norm, "reward/mean": step / 30, **live.end_step(step, {"grad/norm": norm})})
+        if step % 10 == 0:
+            run.log(step, **{"eval/accuracy": 0.5, **live.on_eval(step, {"eval/accuracy": 0.5})})
+    again = Watchdog(WatchdogConfig())
+    again.replay(tracking.read_metrics(tmp_path))
+    assert {k: (list(v) if hasattr(v, "maxlen") else v) for k, v in again.state.items()} == \
+        {k: (list(v) if hasattr(v, "maxlen") else v) for k, v in live.state.items()}
+    assert 50.0 not in live.state["grad/norm"]
