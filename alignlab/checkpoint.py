@@ -209,3 +209,45 @@ def restore(ckpt: Path | None, optimizer, scheduler, scaler=None) -> int:
         scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state["step"]
+
+
+def load_weights(ckpt: Path, model) -> None:
+    """Put a checkpoint's weights (full model, or LoRA adapter) into `model` in place."""
+    from safetensors.torch import load_file
+
+    from .models import is_peft
+
+    ckpt = Path(ckpt)
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(ckpt / "adapter_model.safetensors"))
+        return
+    sd: dict = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        sd.update(load_file(f))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = {k for k in missing if "lm_head" in k} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"{ckpt}: its weights do not fit the model (missing {sorted(set(missing) - tied)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]})")
+
+
+def rollback(run_dir: Path, model, optimizer, scheduler, scaler, lr_factor: float) -> Path | None:
+    """The watchdog's rollback: the newest intact checkpoint's weights and optimizer (and scaler) state,
+    in place, and every lr times `lr_factor` from now on (the schedule's peak is lowered; its position,
+    the step count, goes on). -> the checkpoint, or None when there is none yet."""
+    ckpt = _newest_intact(run_dir)
+    if ckpt is None:
+        return None
+    load_weights(ckpt, model)
+    now = [g["lr"] for g in optimizer.param_groups]
+    state = load_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    scheduler.base_lrs = [b * lr_factor for b in scheduler.base_lrs]  # saved with the scheduler: resume keeps it
+    for g, lr, base in zip(optimizer.param_groups, now, scheduler.base_lrs):
+        g["lr"], g["initial_lr"] = lr * lr_factor, base
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+    return ckpt

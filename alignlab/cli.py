@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (TrainingDiverged, CheckpointError) as exc:
+    except (TrainingDiverged, CheckpointError) as exc:  # and WatchdogStop, a TrainingDiverged: "watchdog stopped..."
         print(f"error: {exc}", file=sys.stderr)
         return 3
     print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)

@@ -81,6 +81,81 @@ class OptimConfig(Strict):
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
 
 
+Action = Literal["warn", "skip", "rollback", "stop"]
+
+
+class WatchCheck(Strict):
+    """One health check of training.watchdog: on or off, and what to do when it fires."""
+
+    enabled: bool = True
+    action: Action = Field("warn", description=(
+        "warn: log it and go on; skip: zero the step's gradients, no optimizer update; rollback: reload the last "
+        "checkpoint's weights and optimizer state and multiply the lr by watchdog.rollback_lr_factor; "
+        "stop: end the run with a diagnosis (exit code 3)"))
+
+
+class NonFiniteCheck(WatchCheck):
+    action: Action = "stop"
+
+
+class GradSpikeCheck(WatchCheck):
+    window: int = Field(20, gt=1, description="running median over the last N steps' grad/norm")
+    factor: float = Field(10.0, gt=1, description="fires when grad/norm > factor x the running median")
+    min_history: int = Field(5, gt=0, description="steps of history before the check can fire")
+
+
+class BoundCheck(WatchCheck):
+    """A metric of the step's row against fixed bounds (null: no bound on that side)."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class LengthCheck(WatchCheck):
+    window: int = Field(20, gt=1, description="running median of response/len_mean over the last N steps")
+    factor: float = Field(3.0, gt=1, description="fires above factor x median (blow-up) or below median / factor (collapse)")
+    min_history: int = Field(5, gt=0)
+    min: float | None = Field(None, description="absolute lower bound on response/len_mean (tokens)")
+    max: float | None = Field(None, description="absolute upper bound on response/len_mean (tokens)")
+
+
+class RewardHackingCheck(WatchCheck):
+    min_drop: float = Field(0.05, ge=0, description="held-out eval/accuracy falls by more than this between evaluations")
+    min_rise: float = Field(0.0, ge=0, description="while training reward/mean (mean since the previous evaluation) "
+                            "rose by more than this")
+
+    @model_validator(mode="after")
+    def _no_skip(self) -> "RewardHackingCheck":
+        if self.action == "skip":
+            raise ValueError("watchdog.reward_hacking.action=skip: this check fires at an evaluation, after the updates "
+                             "were applied; use warn, rollback or stop")
+        return self
+
+
+class WatchdogConfig(Strict):
+    """training.watchdog: per-step health checks and what each does (docs/watchdog.md)."""
+
+    nonfinite: NonFiniteCheck = Field(default_factory=NonFiniteCheck, description="loss or grad norm NaN/inf")
+    grad_spike: GradSpikeCheck = Field(default_factory=GradSpikeCheck)
+    kl: BoundCheck = Field(default_factory=lambda: BoundCheck(max=1.0), description="kl/ref (RL loops) above max")
+    entropy: BoundCheck = Field(default_factory=lambda: BoundCheck(min=0.01), description="entropy/mean below min")
+    length: LengthCheck = Field(default_factory=LengthCheck, description="response/len_mean blow-up or collapse")
+    reward_hacking: RewardHackingCheck = Field(default_factory=RewardHackingCheck)
+    rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="lr multiplier applied at each rollback")
+    max_rollbacks: int = Field(3, ge=0, description="one more rollback than this stops the run instead")
+
+    def uses_rollback(self) -> list[str]:
+        return [n for n in ("nonfinite", "grad_spike", "kl", "entropy", "length", "reward_hacking")
+                if getattr(self, n).enabled and getattr(self, n).action == "rollback"]
+
+
+def _refuse_rollback(watchdog: WatchdogConfig, algo: str) -> None:
+    names = watchdog.uses_rollback()
+    if names:
+        raise ValueError(f"training.watchdog.{names[0]}.action=rollback is not supported by {algo} (rollback is "
+                         f"implemented for sft, dpo and grpo); use warn, skip or stop")
+
+
 class TrainingConfig(Strict):
     total_steps: int | None = Field(None, gt=0, description="Optimizer steps; or set epochs.")
     epochs: float | None = Field(None, gt=0)
@@ -102,6 +177,7 @@ class TrainingConfig(Strict):
     hooks: list[str] = Field(
         default_factory=list, description="'module:object' paths of objects with on_start/on_step_end/on_eval/on_save"
     )
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "TrainingConfig":
@@ -252,6 +328,7 @@ class RunConfig(Strict):
         "null: the live bar on a terminal, about 20 lines per run otherwise. metrics.jsonl gets every step either way"))
     resume: str = "auto"
     hooks: list[str] = Field(default_factory=list)
+    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
 
 
 class RLTrainingConfig(RunConfig):
@@ -302,6 +379,11 @@ class EIConfig(RunBase):
     ei: EIRoundConfig = Field(default_factory=EIRoundConfig)
     training: EITrainingConfig = Field(default_factory=EITrainingConfig)
     eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+
+    @model_validator(mode="after")
+    def _watchdog(self) -> "EIConfig":
+        _refuse_rollback(self.training.watchdog, "ei")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,6 +478,11 @@ class RMConfig(RunBase):
     rm: RMSection = Field(default_factory=RMSection)
     training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
 
+    @model_validator(mode="after")
+    def _watchdog(self) -> "RMConfig":
+        _refuse_rollback(self.training.watchdog, "rm")
+        return self
+
 
 # ----------------------------------------------------------------------------------------------
 # PPO
@@ -464,6 +551,7 @@ class PPOConfig(RunBase):
 
     @model_validator(mode="after")
     def _critic(self) -> "PPOConfig":
+        _refuse_rollback(self.training.watchdog, "ppo")
         if self.ppo.critic == "lora_adapters" and not self.lora.enabled:
             raise ValueError("ppo.critic=lora_adapters needs lora.enabled=true (policy and value are two LoRA adapters "
                              "on one frozen base); without LoRA use ppo.critic=shared or ppo.critic=separate")

@@ -17,3 +17,7 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says which and what is intact."""
+
+
+class WatchdogStop(TrainingDiverged):
+    """A training.watchdog check fired with action=stop; the message names the check and what it saw."""

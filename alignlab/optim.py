@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -50,18 +51,29 @@ def build(model, cfg: OptimConfig, total_steps: int, groups: list[dict] | None =
     return opt, sched
 
 
-def step(model, opt, sched, max_grad_norm: float | None, scaler=None) -> float:
-    """Unscale (fp16), clip, step, schedule, zero. Returns the pre-clip global grad norm."""
+def step(model, opt, sched, max_grad_norm: float | None, scaler=None, guard=None) -> float:
+    """Unscale (fp16), clip, step, schedule, zero. Returns the pre-clip global grad norm.
+
+    `guard(grad_norm, amp_scaled) -> skip?` (the watchdog's, `run.watchdog.guard(...)`) decides after
+    the clip and before the update: on skip the gradients are dropped and the optimizer does not step;
+    the schedule still advances, so the lr stays a function of the step index."""
     params = [p for p in model.parameters() if p.requires_grad]
     if scaler is not None:
         scaler.unscale_(opt)
     limit = max_grad_norm if max_grad_norm is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    if scaler is not None:
+    skip = guard is not None and guard(float(norm), scaler is not None)
+    if skip:
+        if scaler is not None:
+            scaler.update()
+    elif scaler is not None:
         scaler.step(opt)
         scaler.update()
     else:
         opt.step()
-    sched.step()
+    with warnings.catch_warnings():
+        if skip:  # torch warns of a schedule stepped before any optimizer step: intended here
+            warnings.simplefilter("ignore", UserWarning)
+        sched.step()
     opt.zero_grad(set_to_none=True)
     return float(norm)

@@ -34,6 +34,7 @@ class Run:
         self.dir = Path(run_dir)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.sinks = sinks or []  # TensorBoard / W&B: copies of each row; metrics.jsonl is the truth
+        self.watchdog = None  # set by begin(); every logged row passes through watchdog.record
 
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, "time": round(time.time(), 3)}
@@ -47,6 +48,8 @@ class Run:
                    if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         for sink in self.sinks:
             sink.log(step, scalars)
+        if self.watchdog is not None:
+            self.watchdog.record(row)
         return row
 
     def samples(self, step: int, rows: list[dict]) -> Path:
@@ -76,10 +79,20 @@ class Run:
 
     # -- what every loop does around its steps -----------------------------------------------------
 
-    def begin(self, cfg, model, tokenizer, optimizer, config_hooks: list[str], extra_hooks: list | None) -> None:
+    def begin(self, cfg, model, tokenizer, optimizer, config_hooks: list[str], extra_hooks: list | None,
+              scheduler=None, scaler=None) -> None:
         """Load the run's hooks (the config's import strings, then the objects passed to `main`), keep
-        their context, and call on_start."""
+        their context, and call on_start. Start the watchdog (training.watchdog), its running state
+        rebuilt from the rows metrics.jsonl kept (on resume: those up to the checkpoint's step);
+        `scheduler` and `scaler` are what its rollback restores besides model and optimizer."""
         from . import hooks as H
+        from .watchdog import Watchdog
+
+        self.watchdog = None
+        wd = Watchdog(getattr(cfg.training, "watchdog", None), log=self.log,
+                      say=lambda text: console.print(f"[yellow]{text}", highlight=False, soft_wrap=True))
+        wd.replay(read_metrics(self.dir))
+        self.watchdog, self.scheduler, self.scaler = wd, scheduler, scaler
 
         self.hooks = H.load(config_hooks, extra_hooks)
         self.ctx = H.Context(cfg, self, model, tokenizer, optimizer)
@@ -99,13 +112,23 @@ class Run:
         joins the step's row. Hooks run in the same order in every loop. -> the step's row."""
         from . import hooks as H
 
+        wd = self.watchdog
+        metrics = {**metrics, **wd.end_step(step, metrics)}
+        if evaluated is not None:
+            evaluated = ({**evaluated[0], **wd.on_eval(step, evaluated[0])}, evaluated[1])
+        if wd.pending and wd.pending[0] == "rollback":
+            metrics.update(self.rollback(step))
         row = self.log(step, **(evaluated[0] if evaluated else {}), **metrics)
+        self.stop_if_asked(step)
         tps = row.get("tokens/per_s")
         self.bar.update(self.bar.task_ids[0], advance=1, loss=shown, tps=f"{tps:,.0f}" if tps is not None else "-")
         H.call(self.hooks, "on_step_end", self.ctx, step, row)
         if evaluated is None and evaluate is not None and self.due(step, eval_every, total):
             evaluated = evaluate()
-            self.log(step, **evaluated[0])
+            watched = wd.on_eval(step, evaluated[0])
+            rolled = self.rollback(step) if wd.pending and wd.pending[0] == "rollback" else {}
+            self.log(step, **evaluated[0], **watched, **rolled)
+            self.stop_if_asked(step)
             self.bar.console.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in evaluated[0].items()))
         if evaluated is not None:
             if evaluated[1]:
@@ -114,6 +137,30 @@ class Run:
         if save is not None and self.due(step, save_every, total):
             H.call(self.hooks, "on_save", self.ctx, step, save(step))
         return row
+
+
+    def rollback(self, step: int) -> dict:
+        """The watchdog asked for a rollback: the last checkpoint's state, the lr lowered. -> row keys."""
+        from . import checkpoint
+
+        cfg = self.watchdog.cfg
+        if self.scheduler is None:
+            raise RuntimeError("watchdog rollback needs run.begin(..., scheduler=, scaler=)")
+        ckpt = checkpoint.rollback(self.dir, self.ctx.model, self.ctx.optimizer, self.scheduler, self.scaler,
+                                   cfg.rollback_lr_factor)
+        if ckpt is None:
+            self.watchdog.pending = ("stop", self.watchdog.pending[1] + "; rollback asked, but there is no "
+                                     "checkpoint yet (set training.save_every)")
+            return {"watchdog/action": "stop"}
+        self.watchdog.pending = None
+        console.print(f"[yellow]watchdog: rolled back to {ckpt.name}; lr x{cfg.rollback_lr_factor:g}", highlight=False)
+        return {"watchdog/rollback_to": int(ckpt.name.split("_")[1]), "lr/after_rollback": self.scheduler.get_last_lr()[0]}
+
+    def stop_if_asked(self, step: int) -> None:
+        from .errors import WatchdogStop
+
+        if self.watchdog.pending and self.watchdog.pending[0] == "stop":
+            raise WatchdogStop(self.watchdog.diagnosis(step))
 
 
 class TensorBoardSink:

@@ -32,7 +32,6 @@ import torch
 
 from .. import checkpoint, data, losses, models, optim, tracking
 from ..config import DPOConfig
-from ..errors import TrainingDiverged
 from ..step import micro_logps, to_device
 
 
@@ -151,7 +150,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     run.truncate_after(start)
-    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks, scheduler=sched, scaler=scaler)
     if start == 0 and held:
         run.log(0, **evaluate())
     sampler = data.StepSampler(len(train), t.global_batch_pairs, cfg.seed)
@@ -173,9 +172,8 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
                 stats = {**stats, "logps/chosen": lp["c"].detach(), "logps/rejected": lp["r"].detach()}
                 for k, v in stats.items():
                     agg[k] = agg.get(k, 0.0) + v.sum().item() / n_pairs
-            if not math.isfinite(agg["loss/train"]):
-                raise TrainingDiverged(f"loss is {agg['loss/train']} at step {step + 1}; the update was not applied")
-            grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
+            grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler,
+                                   guard=run.watchdog.guard(step + 1, agg["loss/train"]))
             done, dt = step + 1, time.perf_counter() - t0
             n_tok = sum(len(a.ids) + len(b.ids) for a, b in (train[j] for j in idx_all))
             run.end_step(done, total_steps, {

@@ -20,7 +20,6 @@ import torch
 
 from .. import checkpoint, data, models, optim, rollout, tasks, tracking
 from ..config import EIConfig
-from ..errors import TrainingDiverged
 from ..step import accumulate_step
 
 
@@ -76,9 +75,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
                     loss, seen = accumulate_step(policy, batch, tok.pad_token_id, device, prec,
                                                  micro_batch_seqs=e.micro_batch_seqs, normalizer=e.loss_normalizer,
                                                  scaler=scaler)
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(f"loss is {loss} in round {rnd + 1}; the update was not applied")
-                    optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
+                    optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler, guard=run.watchdog.guard(rnd + 1, loss))
                     losses_.append(loss)
                     n_updates += 1
                     n_seen += seen

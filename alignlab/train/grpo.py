@@ -23,7 +23,6 @@ Departs from the paper in:
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -33,7 +32,6 @@ from .. import advantages as A
 from .. import checkpoint, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
 from ..logprobs import get_response_log_probs
-from ..errors import TrainingDiverged
 
 
 def _no_baseline(logps, mb, rl):
@@ -106,7 +104,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     run.truncate_after(start)
-    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks, scheduler=sched, scaler=scaler)
     if start == 0:
         metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
@@ -171,9 +169,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                                       ("ratio", "ratio/mean")):
                         if key in meta:
                             agg[name] += losses.masked_normalize(meta[key].float(), m, normalize_constant=n_tokens).item()
-                if not math.isfinite(agg["loss/policy"]):
-                    raise TrainingDiverged(f"loss is {agg['loss/policy']} at step {step + 1}; the update was not applied")
-                grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
+                grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler, guard=run.watchdog.guard(
+                    step + 1, agg["loss/policy"], {**agg, "response/len_mean": mask_all.sum(-1).float().mean().item()}))
                 if epoch == 0:
                     stats.update(agg)  # epoch 0 is on-policy: ratio/mean is exactly 1 there
                 else:

@@ -28,7 +28,6 @@ Departs from the papers in:
 """
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -38,7 +37,6 @@ from .. import advantages as A
 from .. import checkpoint, critics, losses, models, optim, rollout, tasks, tracking
 from ..config import PPOConfig
 from ..rewards.scorer import build_scorer
-from ..errors import TrainingDiverged
 
 
 def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
@@ -110,10 +108,9 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                     vf_loss, vstats = losses.value_loss_clipped(values, old_values[idx], returns[idx], m, p.value_clip, n_tok)
                     ent = losses.masked_normalize(out["token_entropy"], m, normalize_constant=n_tok)
                     loss = pg_loss + p.vf_coef * vf_loss - p.entropy_coef * ent
-                    if not math.isfinite(loss.item()):
-                        raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}; the update was not applied")
                     critic.backward(pg_loss - p.entropy_coef * ent, p.vf_coef * vf_loss, scaler)
-                    optim.step(trainable, opt, sched, cfg.optim.max_grad_norm, scaler)
+                    optim.step(trainable, opt, sched, cfg.optim.max_grad_norm, scaler,
+                               guard=run.watchdog.guard(step + 1, loss.item(), {"entropy/mean": ent.item()}))
                     approx_kl = losses.masked_normalize(losses.kl_estimate(old_logps[idx], out["log_probs"].detach(), "k3"),
                                                         m, normalize_constant=n_tok).item()
                     epoch_kl += approx_kl

@@ -19,7 +19,6 @@ import torch
 
 from .. import checkpoint, data, losses, models, optim, tracking
 from ..config import RMConfig
-from ..errors import TrainingDiverged
 from ..step import to_device
 
 
@@ -87,9 +86,8 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
                 agg["loss/train"] += loss.item()
                 agg["accuracy"] += stats["accuracy"].item() * len(pairs) / n_pairs
                 agg["margin"] += stats["margin"].item() * len(pairs) / n_pairs
-            if not math.isfinite(agg["loss/train"]):
-                raise TrainingDiverged(f"loss is {agg['loss/train']} at step {step + 1}; the update was not applied")
-            grad_norm = optim.step(model, opt, sched, cfg.optim.max_grad_norm, scaler)
+            grad_norm = optim.step(model, opt, sched, cfg.optim.max_grad_norm, scaler,
+                                   guard=run.watchdog.guard(step + 1, agg["loss/train"]))
             done, dt = step + 1, time.perf_counter() - t0
             n_tok = sum(len(a.ids) + len(b.ids) for a, b in (train[j] for j in idx_all))
             run.end_step(done, total_steps, {

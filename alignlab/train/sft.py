@@ -18,7 +18,7 @@ import torch
 
 from .. import checkpoint, data, losses, models, optim, rollout, tracking
 from ..config import SFTConfig
-from ..errors import TrainingDiverged
+from ..errors import TrainingDiverged  # noqa: F401  (raised by the watchdog: training.watchdog.nonfinite)
 from ..step import accumulate_step, make_batch, micro_logps, to_device
 
 
@@ -64,7 +64,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     run.truncate_after(start)
     if resume_from is not None:
         tracking.console.print(f"[green]resumed from {resume_from} (step {start})")
-    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks, scheduler=sched, scaler=scaler)
     trainable, total = models.count_parameters(policy)
     tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
                            f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
@@ -85,13 +85,8 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
                 policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch_seqs,
                 normalizer=t.loss_normalizer, bucket=cfg.data.length_bucketing,
                 packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler)
-            if not math.isfinite(step_loss):
-                raise TrainingDiverged(
-                    f"loss is {step_loss} at step {step + 1}; the update was not applied and the last checkpoint "
-                    f"is intact. Lower optim.lr, check the data, or try training.precision=fp32.")
-            grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler)
-            if not math.isfinite(grad_norm) and scaler is None:
-                raise TrainingDiverged(f"gradient norm is {grad_norm} at step {step + 1}; lower optim.lr")
+            grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler,
+                                   guard=run.watchdog.guard(step + 1, step_loss))
             done = step + 1
             dt = time.perf_counter() - t0
             run.end_step(done, total_steps, {
