@@ -161,6 +161,9 @@ class TrainingConfig(Strict):
     epochs: float | None = Field(None, gt=0)
     global_batch_seqs: int = Field(32, gt=0, description="Sequences per optimizer step.")
     micro_batch_seqs: int = Field(8, gt=0, description="Sequences per forward/backward.")
+    max_tokens_per_micro_batch: int | None = Field(None, gt=0, description=(
+        "also cap each micro-batch's tokens (rows x longest; with data.packing the sum of lengths), so short "
+        "examples share big micro-batches and long ones get small ones; null: micro_batch_seqs alone"))
     loss_normalizer: Literal["tokens", "sequences"] = Field(
         "tokens",
         description="tokens: sum of response-token NLL / response tokens in the whole optimizer step; "

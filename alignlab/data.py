@@ -346,13 +346,30 @@ class StepSampler:
         return self._cache[1]
 
 
-def micro_batches(items: list[Encoded], micro: int, bucket: bool) -> list[list[Encoded]]:
-    """Split one optimizer step's examples into micro-batches; with `bucket`, similar lengths go
-    together (less padding). The step's loss is normalised by the whole step's token count, so
-    the order cannot change the update."""
+def micro_batches(items: list[Encoded], micro: int, bucket: bool, max_tokens: int | None = None,
+                  packed: bool = False) -> list[list[Encoded]]:
+    """Split one optimizer step's examples into micro-batches of at most `micro` examples; with
+    `bucket`, similar lengths go together (less padding). With `max_tokens`, a micro-batch also closes
+    before its size in tokens would pass the budget (padded: rows x its longest example; `packed`: the
+    sum of lengths), so short examples share big micro-batches and long ones get small ones; an example
+    longer than the budget goes alone. The step's loss is normalised by the whole step's counts, so
+    neither the order nor the split can change the update."""
     if bucket:
         items = sorted(items, key=lambda e: len(e.ids))
-    return [items[i : i + micro] for i in range(0, len(items), micro)]
+    if not max_tokens:
+        return [items[i : i + micro] for i in range(0, len(items), micro)]
+    out: list[list[Encoded]] = []
+    cur: list[Encoded] = []
+    for e in items:
+        grown = cur + [e]
+        size = sum(len(x.ids) for x in grown) if packed else len(grown) * max(len(x.ids) for x in grown)
+        if cur and (len(cur) >= micro or size > max_tokens):
+            out.append(cur)
+            grown = [e]
+        cur = grown
+    if cur:
+        out.append(cur)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

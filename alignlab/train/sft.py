@@ -28,7 +28,8 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
     model.eval()
     items = eval_set[: cfg.eval.max_examples]
     nll, n_tok = 0.0, 0
-    for mb in data.micro_batches(items, cfg.training.micro_batch_seqs, bucket=True):
+    for mb in data.micro_batches(items, cfg.training.micro_batch_seqs, bucket=True,
+                                 max_tokens=cfg.training.max_tokens_per_micro_batch, packed=cfg.data.packing):
         batch = to_device(make_batch(mb, tok.pad_token_id, cfg.data.max_seq_len if cfg.data.packing else None), device)
         logps = micro_logps(model, batch, device, prec)
         nll += float(-losses.masked_normalize(logps, batch["response_mask"]))
@@ -84,7 +85,8 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
             step_loss, n_seen = accumulate_step(
                 policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch_seqs,
                 normalizer=t.loss_normalizer, bucket=cfg.data.length_bucketing,
-                packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler)
+                packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler,
+                max_tokens=t.max_tokens_per_micro_batch)
             grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler,
                                    guard=run.watchdog.guard(step + 1, step_loss))
             done = step + 1
