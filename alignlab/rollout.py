@@ -11,6 +11,7 @@ piles up.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -105,6 +106,33 @@ def _stop_checker(tokenizer, stop: list[str] | None):
     return lambda rows: [any(x in tokenizer.decode(r, skip_special_tokens=False) for x in stop) for r in rows]
 
 
+# cuda_graphs: one static KV cache and one compiled step per (model, rows, cache length, autocast dtype).
+# A fresh cache or a freshly compiled closure per call would make torch.compile trace and capture the
+# graphs again for every batch; reusing both, with the cache zeroed, replays the captured graphs.
+_GRAPHED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _decode_step(model, cache, tok, position_ids, cache_position, mask):
+    return model(input_ids=tok, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+                 cache_position=cache_position, use_cache=True).logits[:, -1]
+
+
+def _static_cache_and_step(model, batch: int, length: int, graphs: bool):
+    from transformers import StaticCache
+
+    if not graphs:
+        return StaticCache(config=model.config, max_cache_len=length), _decode_step
+    dev = next(model.parameters()).device.type
+    key = (batch, length, torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
+    per_model = _GRAPHED.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = (StaticCache(config=model.config, max_cache_len=length),
+                          torch.compile(_decode_step, mode="reduce-overhead", fullgraph=False, dynamic=False))
+    cache, step = per_model[key]
+    cache.reset()
+    return cache, step
+
+
 @torch.no_grad()
 def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, n: int = 1,
                   temperature: float = 0.0, top_p: float = 1.0, eos_id: int, pad_id: int, stop_hit=None,
@@ -117,8 +145,6 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     -> (new tokens (P*n, max_new_tokens), their sampling log-probs (P*n, max_new_tokens)). A finished row
     (EOS, or a stop string seen by `stop_hit(rows) -> [bool]`) continues with `pad_id`. The host asks
     whether all rows are done every FINISH_CHECK_EVERY steps, not every step."""
-    from transformers import StaticCache
-
     if graphs and input_ids.device.type != "cuda":
         raise ValueError("decode=cuda_graphs needs a CUDA device; use decode=static (same loop, no graphs)")
     ids = input_ids.repeat_interleave(n, 0)
@@ -126,7 +152,7 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     B, S = ids.shape
     dev = ids.device
     L = S + max_new_tokens
-    cache = StaticCache(config=model.config, max_cache_len=L)
+    cache, step = _static_cache_and_step(model, B, L, graphs)
     mask = torch.zeros(B, L, dtype=torch.long, device=dev)  # the one (B, L) mask every step reads
     mask[:, :S] = am
     pos = (am.cumsum(-1) - 1).clamp(min=0)  # positions count real tokens, as in training
@@ -135,12 +161,6 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     logits = out.logits[:, -1]  # (B, V)
     next_pos = pos[:, -1:] + 1  # (B, 1)
 
-    def step(tok, position_ids, cache_position, mask):
-        return model(input_ids=tok, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                     cache_position=cache_position, use_cache=True).logits[:, -1]
-
-    if graphs:
-        step = torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     logps = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -162,7 +182,7 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                 break
         t = S + i
         mask[:, t] = 1
-        logits = step(tok[:, None], next_pos, torch.tensor([t], device=dev), mask)
+        logits = step(model, cache, tok[:, None], next_pos, torch.tensor([t], device=dev), mask)
         next_pos = next_pos + 1
     return tokens, logps
 

@@ -126,3 +126,16 @@ def test_grpo_with_static_decode_is_on_policy(tmp_path, qwen_dir):
     for r in train:
         assert r["ratio/mean"] == pytest.approx(1.0, abs=1e-6) and r["mismatch/logp_abs_max"] < 1e-5
     assert "hf_decode: static" in (tmp_path / "s" / "config.yaml").read_text()
+
+
+def test_graphed_decoding_reuses_one_cache_and_one_compiled_step_per_shape(models):
+    """A new cache or compiled closure per call would make torch.compile capture the CUDA graphs again
+    for every batch; the same shape gets the same (zeroed) cache and the same compiled step."""
+    model, _ = models["qwen2"]
+    c1, s1 = rollout._static_cache_and_step(model, 4, 20, graphs=True)
+    c2, s2 = rollout._static_cache_and_step(model, 4, 20, graphs=True)
+    c3, _ = rollout._static_cache_and_step(model, 4, 24, graphs=True)
+    assert c1 is c2 and s1 is s2 and c3 is not c1
+    e1, _ = rollout._static_cache_and_step(model, 4, 20, graphs=False)
+    e2, _ = rollout._static_cache_and_step(model, 4, 20, graphs=False)
+    assert e1 is not e2  # eager decoding keeps a fresh cache per call
