@@ -21,3 +21,7 @@ class CheckpointError(RuntimeError):
 
 class WatchdogStop(TrainingDiverged):
     """A training.watchdog check fired with action=stop; the message names the check and what it saw."""
+
+
+class AnalysisError(ValueError):
+    """Bad input to an analysis command: the message names what is wrong and the fix."""

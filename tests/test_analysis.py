@@ -320,3 +320,34 @@ def test_memory_cli_prints_against_the_planner(qwen_dir, tmp_path, capsys):
     assert all(abs(r["error"]) < 0.25 for r in rows)
     assert cli(["analyze", "memory", "-c", "sft_tiny", "optim.lrr=1"]) == 2
     assert "not an SFT, DPO or GRPO config" in capsys.readouterr().err
+
+
+def test_an_adapter_trained_on_an_adapter_is_folded_in_order(tmp_path, qwen_dir):
+    """A LoRA DPO adapter on a LoRA SFT adapter names the SFT folder as its base (no config.json):
+    the analyses load base + both adapters, as training and eval do."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.analysis import common as C
+
+    def adapter(base_model, out, base_name, seed):
+        torch.manual_seed(seed)
+        m = get_peft_model(base_model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.5)
+        m.save_pretrained(out)
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = str(base_name)
+        (out / "adapter_config.json").write_text(json.dumps(cfg))
+        return m.merge_and_unload()
+
+    first = adapter(AutoModelForCausalLM.from_pretrained(qwen_dir), tmp_path / "a1", qwen_dir, 0)
+    both = adapter(first, tmp_path / "a2", tmp_path / "a1", 1)
+    loaded = C.load_model(str(tmp_path / "a2"))
+    for k, v in both.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+    assert C.load_tokenizer(str(tmp_path / "a2")) is not None  # falls back along the chain to the base's

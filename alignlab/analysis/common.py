@@ -7,11 +7,7 @@ import math
 import re
 from pathlib import Path
 
-import torch
-
-
-class AnalysisError(ValueError):
-    """Bad input to an analysis command: the message names what is wrong and the fix."""
+from ..errors import AnalysisError  # noqa: F401  (torch-free: `report` and `analyze --help` load no torch)
 
 
 BUILTIN_PROMPTS = [
@@ -32,19 +28,18 @@ def layer_and_module(name: str) -> tuple[int | None, str]:
     return (int(m.group(1)) if m else None), module
 
 
-def resolve(path: str) -> tuple[str, str | None]:
-    """-> (model folder, adapter folder or None). Refuses paths that are neither."""
+def resolve(path: str) -> tuple[str, list[str]]:
+    """-> (model folder, the LoRA adapter folders folded into it, in order: models.adapter_chain, so an
+    adapter trained on an earlier adapter works too). Refuses paths that are neither."""
     from ..config import ConfigError
-    from ..models import adapter_base, resolve_model_path
+    from ..models import adapter_chain, resolve_model_path
 
     p = Path(path).expanduser()
     if not p.exists() and not path.startswith("tiny:") and path.count("/") != 1:
         raise AnalysisError(f"{path}: no such folder (expected a Hugging Face model folder or a LoRA adapter folder)")
     try:
-        base = adapter_base(path)
-        if base is not None:
-            return resolve_model_path(base), str(p)
-        return resolve_model_path(path), None
+        root, chain = adapter_chain(path)
+        return resolve_model_path(root), chain
     except ConfigError as exc:
         raise AnalysisError(str(exc)) from None
 
@@ -56,28 +51,27 @@ def load_config(path: str):
     return AutoConfig.from_pretrained(folder)
 
 
-def load_model(path: str, attn: str | None = None, dtype=torch.float32):
-    """A causal LM in eval mode on CPU, fp32; a LoRA adapter folder is folded into its base via peft."""
+def load_model(path: str, attn: str | None = None, dtype=None):
+    """A causal LM in eval mode on CPU (fp32 unless `dtype`); LoRA adapter folders are folded into their
+    base (models.fold_adapters)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    folder, adapter = resolve(path)
-    kw = {"dtype": dtype}
+    from ..models import fold_adapters
+
+    folder, adapters = resolve(path)
+    kw = {"dtype": dtype or torch.float32}
     if attn:
         kw["attn_implementation"] = attn
-    model = AutoModelForCausalLM.from_pretrained(folder, **kw)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    return model.eval()
+    return fold_adapters(AutoModelForCausalLM.from_pretrained(folder, **kw), adapters).eval()
 
 
 def load_tokenizer(path: str):
     """The tokenizer saved with the model (or with the adapter, else its base); refuse when there is none."""
     from ..models import load_tokenizer as _load
 
-    folder, adapter = resolve(path)
-    for cand in (adapter, folder):
+    folder, adapters = resolve(path)
+    for cand in (*adapters[::-1], folder):
         if cand and (Path(cand) / "tokenizer_config.json").is_file():
             return _load(cand)
     if not Path(folder).exists():  # a hub id in the cache: let transformers find it

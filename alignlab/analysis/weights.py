@@ -19,11 +19,13 @@ from .rank import rank_measures
 
 
 def weight_deltas(base_sd: dict, tuned_sd: dict, max_rank_dim: int = 8192) -> list[dict]:
-    """One row per matrix present in both state dicts: layer, module, rel_frob, cosine, rank measures."""
-    rows = []
+    """One row per matrix present in both state dicts: layer, module, rel_frob, cosine, rank measures.
+    A tied weight (embedding = LM head) appears under two names but is measured once."""
+    rows, seen = [], set()
     for name, w0 in base_sd.items():
-        if name not in tuned_sd or w0.dim() != 2 or not w0.is_floating_point():
+        if name not in tuned_sd or w0.dim() != 2 or not w0.is_floating_point() or w0.data_ptr() in seen:
             continue
+        seen.add(w0.data_ptr())
         w1 = tuned_sd[name]
         if w1.shape != w0.shape:
             raise C.AnalysisError(f"{name}: shape {tuple(w0.shape)} in the base but {tuple(w1.shape)} in the tuned model")
