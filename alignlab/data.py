@@ -356,17 +356,18 @@ def micro_batches(items: list[Encoded], micro: int, bucket: bool, max_tokens: in
     neither the order nor the split can change the update."""
     if bucket:
         items = sorted(items, key=lambda e: len(e.ids))
-    if not max_tokens:
-        return [items[i : i + micro] for i in range(0, len(items), micro)]
+    budget = max_tokens or float("inf")
     out: list[list[Encoded]] = []
     cur: list[Encoded] = []
+    total = longest = 0  # the open micro-batch's summed and longest lengths
     for e in items:
-        grown = cur + [e]
-        size = sum(len(x.ids) for x in grown) if packed else len(grown) * max(len(x.ids) for x in grown)
-        if cur and (len(cur) >= micro or size > max_tokens):
+        n = len(e.ids)
+        size = total + n if packed else (len(cur) + 1) * max(longest, n)
+        if cur and (len(cur) >= micro or size > budget):
             out.append(cur)
-            grown = [e]
-        cur = grown
+            cur, total, longest = [], 0, 0
+        cur.append(e)
+        total, longest = total + n, max(longest, n)
     if cur:
         out.append(cur)
     return out

@@ -61,8 +61,8 @@ def step(model, opt, sched, max_grad_norm: float | None, scaler=None, guard=None
     if scaler is not None:
         scaler.unscale_(opt)
     limit = max_grad_norm if max_grad_norm is not None else float("inf")
-    norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    skip = guard is not None and guard(float(norm), scaler is not None)
+    norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    skip = guard is not None and guard(norm, scaler is not None)
     if skip:
         if scaler is not None:
             scaler.update()
@@ -71,9 +71,11 @@ def step(model, opt, sched, max_grad_norm: float | None, scaler=None, guard=None
         scaler.update()
     else:
         opt.step()
-    with warnings.catch_warnings():
-        if skip:  # torch warns of a schedule stepped before any optimizer step: intended here
+    if skip:
+        with warnings.catch_warnings():  # torch warns of a schedule stepped before any optimizer step: intended
             warnings.simplefilter("ignore", UserWarning)
+            sched.step()
+    else:
         sched.step()
     opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm

@@ -147,11 +147,11 @@ def profile(task: str, cfg, seed: int = 0) -> dict:
 
 
 def predict(cfg, setup) -> dict[str, float]:
-    from ..models import adapter_base, resolve_model_path
+    from ..models import adapter_chain, resolve_model_path
     from ..plan.arch import load_arch
     from ..plan.memory import estimate
 
-    arch = load_arch(resolve_model_path(adapter_base(cfg.model.path) or cfg.model.path))
+    arch = load_arch(resolve_model_path(adapter_chain(cfg.model.path)[0]))
     est = estimate(arch, setup)
     return {ph: est.peak_of(ph) for ph in ("forward", "backward", "optimizer")}
 

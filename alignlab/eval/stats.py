@@ -359,11 +359,7 @@ def mcnemar(a: ArrayLike, b: ArrayLike, *, exact: bool | None = None) -> McNemar
     ``exact=None`` picks the exact test when b01 + b10 < 25 (the usual rule). No discordant
     pairs -> p = 1.
     """
-    a, b = _paired(a, b)
-    if not (is_binary(a) and is_binary(b)):
-        raise ValueError("McNemar's test needs 0/1 scores")
-    b01 = int(np.sum((a == 0) & (b == 1)))
-    b10 = int(np.sum((a == 1) & (b == 0)))
+    b01, b10, _ = _binary_pair_counts(a, b, "McNemar's test")
     n = b01 + b10
     if exact is None:
         exact = n < 25
@@ -376,11 +372,11 @@ def mcnemar(a: ArrayLike, b: ArrayLike, *, exact: bool | None = None) -> McNemar
     return McNemar(b01, b10, float(chi2), float(stats.chi2.sf(chi2, 1)), False)
 
 
-def _binary_pair_counts(a: ArrayLike, b: ArrayLike) -> tuple[int, int, int]:
+def _binary_pair_counts(a: ArrayLike, b: ArrayLike, what: str = "this paired binary statistic") -> tuple[int, int, int]:
     """(b01, b10, n) of paired 0/1 outcomes."""
     a, b = _paired(a, b)
     if not (is_binary(a) and is_binary(b)):
-        raise ValueError("paired binary statistics need 0/1 scores")
+        raise ValueError(f"{what} needs 0/1 scores")
     return int(np.sum((a == 0) & (b == 1))), int(np.sum((a == 1) & (b == 0))), int(a.size)
 
 
