@@ -41,9 +41,13 @@ def lr_multiplier(step: int, total_steps: int, warmup: int, schedule: str, min_l
 
 def build(model, cfg: OptimConfig, total_steps: int, groups: list[dict] | None = None):
     """-> (AdamW, LambdaLR) over `model`'s parameters, or over explicit `groups` (e.g. PPO's critic at
-    its own lr); one schedule scales every group. fused/foreach kernels are chosen by torch."""
+    its own lr); one schedule scales every group. On CUDA the fused kernel (one launch for all
+    parameters, as TRL's default adamw_torch_fused); elsewhere torch's default (foreach), so CPU
+    numbers stay bit-identical."""
     groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
     warm = warmup_steps(cfg, total_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_multiplier(s, total_steps, warm, cfg.schedule, cfg.min_lr_ratio)

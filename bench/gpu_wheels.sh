@@ -3,13 +3,20 @@
 # accelerate and triton installed; no network) into .whl/, for CPython 3.12 on manylinux x86_64.
 #
 #   bash bench/gpu_wheels.sh                 # here, with pip and internet (62 MB, 41 of them pyarrow)
-#   bash bench/gpu_wheels.sh --bitsandbytes  # plus bitsandbytes for the qlora job (about 60 MB more)
+#   bash bench/gpu_wheels.sh --bitsandbytes  # plus bitsandbytes 0.50.2 for the qlora job (43 MB more)
+#   bash bench/gpu_wheels.sh --bitsandbytes --pack   # and pack them into .whl/site.tar.xz (~44 MB)
 #
-# then carry .whl/ to the GPU machine (it is git-ignored) and there:
+# The wheels together (105 MB with bitsandbytes) exceed what travels to a lent GPU machine (64 MiB).
+# --pack unzips them into one site folder, drops bitsandbytes' libraries for CUDA < 13, ROCm and XPU
+# (the machine has CUDA 13) and pyarrow's tests and headers, and xz-compresses the rest: 44 MB.
+# Carry .whl/ (it is git-ignored), or with --pack only .whl/site.tar.xz, and there:
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-#       && export PYTHONPATH=/tmp/site:$PWD
+#       && export PYTHONPATH=/tmp/site:$PWD                                  # the wheels, or
+#   mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site:$PWD
 #   python3 bench/gpu.py --check
+#
+# bench/gpu_session.sh is the whole device check in one command (tests, benchmark, profile).
 #
 # The list was worked out from each wheel's METADATA (`unzip -p X.whl '*/METADATA' | grep
 # ^Requires-Dist`); the check at the end re-reads it and names any requirement that is neither
@@ -52,15 +59,24 @@ WHEELS=(
   # the TRL + Liger baseline
   liger-kernel==0.8.5                # needs torch and triton only
 )
-if [[ "${1:-}" == "--bitsandbytes" ]]; then
-  WHEELS+=(bitsandbytes==0.50.2)     # the qlora job (the issue's version)
-fi
+BNB=0 PACK=0
+for arg in "$@"; do
+  case "$arg" in
+    --bitsandbytes) BNB=1 ;;
+    --pack) PACK=1 ;;
+    *) echo "unknown option $arg (use --bitsandbytes, --pack)" >&2; exit 2 ;;
+  esac
+done
 
 mkdir -p "$OUT"
-rm -f "$OUT"/*.whl  # the folder holds exactly this list
+rm -f "$OUT"/*.whl "$OUT"/site.tar.xz  # the folder holds exactly this list
+PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
 "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d "$OUT" "${WHEELS[@]}"
+  "${PLATFORMS[@]}" -d "$OUT" "${WHEELS[@]}"
+if (( BNB )); then  # the qlora job (the issue's version); its wheel is tagged manylinux_2_24
+  "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${PLATFORMS[@]}" --platform manylinux_2_24_x86_64 -d "$OUT" bitsandbytes==0.50.2
+fi
 
 "$PY" - "$OUT" <<'EOF'
 import re, sys, zipfile
@@ -103,3 +119,13 @@ if missing:
     sys.exit(1)
 print("every requirement is downloaded or assumed present on the GPU machine")
 EOF
+
+if (( PACK )); then
+  STAGE=$(mktemp -d)
+  trap 'rm -rf "$STAGE"' EXIT
+  for w in "$OUT"/*.whl; do "$PY" -m zipfile -e "$w" "$STAGE"; done  # a wheel is a zip of site-packages
+  find "$STAGE/bitsandbytes" -name 'libbitsandbytes_*.so' ! -name '*_cpu.so' ! -name '*_cuda13*.so' -delete 2>/dev/null || true
+  rm -rf "$STAGE/pyarrow/tests" "$STAGE/pyarrow/include" "$STAGE/pyarrow/src"
+  tar -C "$STAGE" -cf - . | xz -6 -T0 > "$OUT/site.tar.xz"
+  echo "packed $(du -m "$OUT/site.tar.xz" | cut -f1) MB into $OUT/site.tar.xz (carry that file alone)"
+fi

@@ -34,8 +34,12 @@ def test_weights_follow_dtype_and_quantisation():
     full32 = estimate(GEMMA, Setup(method="full", precision="fp32", device="cpu"))
     assert full32.terms["weights"].bytes == 4 * P
     assert full32.terms["optimizer"].bytes >= 8 * P  # AdamW: two fp32 states per parameter
-    pure = estimate(GEMMA, Setup(method="full", precision="bf16", weight_dtype="bf16"))
+    pure = estimate(GEMMA, Setup(method="full", precision="bf16", weight_dtype="bf16", optim_impl="foreach"))
     assert pure.terms["weights"].bytes == 2 * P and pure.terms["optimizer"].bytes == 4 * P  # states follow params
+    fused = estimate(GEMMA, Setup(method="full", precision="bf16", weight_dtype="bf16"))  # CUDA default: fused
+    # fused AdamW keeps each tensor's step count as an fp32 scalar on the device: Gemma-3-1B has
+    # 26 layers x (7 projections + 4 norms + q/k norms) + the tied embedding + the final norm = 340 tensors
+    assert fused.terms["optimizer"].bytes - 4 * P == 4 * (26 * 13 + 2)
     g4 = load_arch("google/gemma-3-4b-it")
     lora = estimate(g4, Setup(method="lora", precision="bf16"))
     qlora = estimate(g4, Setup(method="qlora", precision="bf16"))

@@ -170,7 +170,7 @@ def resolve_dtypes(s: Setup) -> dict[str, str]:
         compute = autocast or (wd if wd != "nf4" else "bf16")
     impl = s.optim_impl
     if impl == "auto":
-        impl = "foreach" if s.device == "cuda" else "for-loop"
+        impl = "fused" if s.device == "cuda" else "for-loop"  # as optim.build: fused AdamW on CUDA
     return {"weights": wd, "autocast": autocast or "none", "trainable": train_dtype, "compute": compute,
             "optim_impl": impl}
 
