@@ -83,8 +83,8 @@ class _FusedHeadLogProbs(torch.autograd.Function):
         with torch.no_grad(), torch.autocast(h.device.type, enabled=False):
             w = weight.to(cdt)  # one cast per call (autocast would cast per chunk)
             for s in range(0, h.shape[0], chunk):
-                # (n, V) logits in cdt, upcast; the temporary dies before log_softmax allocates its output
-                logsm = torch.log_softmax((h[s : s + chunk].to(cdt) @ w.T).float() * inv_temp, dim=-1)
+                # (n, V) logits in cdt; log_softmax reads them and writes fp32 (no separate upcast pass)
+                logsm = _log_softmax_fp32(h[s : s + chunk].to(cdt) @ w.T, inv_temp)
                 logps.append(logsm.gather(-1, labels[s : s + chunk, None]).squeeze(-1))
                 if want_entropy:
                     ents.append(_entropy(logsm))
@@ -103,22 +103,62 @@ class _FusedHeadLogProbs(torch.autograd.Function):
         dh = torch.empty_like(h) if need_h else None
         dw = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # fp32 accumulator
         w = weight.to(cdt)
+        fp32_accumulate = need_w and cdt != dw.dtype and _addmm_fp32_out(h.device)
         for s in range(0, h.shape[0], ctx.chunk):
             hc, gc = h[s : s + ctx.chunk].to(cdt), g[s : s + ctx.chunk].float()
-            p = torch.softmax((hc @ w.T).float() * ctx.inv_temp, dim=-1)  # (n, V) fp32
+            p = _softmax_fp32(hc @ w.T, ctx.inv_temp)  # (n, V) fp32
             p.mul_(-gc[:, None])
             p[torch.arange(len(gc), device=p.device), labels[s : s + ctx.chunk]] += gc
-            gz = (p * ctx.inv_temp).to(cdt)  # d loss / d logits
+            gz = (p.mul_(ctx.inv_temp) if ctx.inv_temp != 1.0 else p).to(cdt)  # d loss / d logits
             del p  # or the next chunk's logits are built while this still lives
             if need_h:
                 dh[s : s + ctx.chunk] = gz @ w
             if need_w:
                 if gz.dtype == dw.dtype:
                     dw.addmm_(gz.T, hc)  # fp32: in place, no weight-sized temporary
+                elif fp32_accumulate:  # CUDA: a cdt GEMM that adds into the fp32 accumulator in its epilogue
+                    torch.addmm(dw, gz.T, hc, out_dtype=torch.float32, out=dw)
                 else:
                     dw.add_(gz.T @ hc)  # this chunk's product in cdt, summed over chunks in fp32
             del gz
         return dh, (dw.to(weight.dtype) if need_w else None), None, None, None, None, None
+
+
+def _log_softmax_fp32(z: torch.Tensor, inv_temp: float) -> torch.Tensor:
+    """fp32 log_softmax(z * inv_temp) of half-precision logits in one kernel (the softmax kernels read
+    bf16/fp16 and compute and write fp32), so no fp32 copy of the logits is made first."""
+    if inv_temp != 1.0:
+        return torch.log_softmax(z.float() * inv_temp, dim=-1)
+    return torch.log_softmax(z, dim=-1, dtype=torch.float32)
+
+
+def _softmax_fp32(z: torch.Tensor, inv_temp: float) -> torch.Tensor:
+    if inv_temp != 1.0:
+        return torch.softmax(z.float() * inv_temp, dim=-1)
+    return torch.softmax(z, dim=-1, dtype=torch.float32)
+
+
+_ADDMM_FP32_OUT: dict[str, bool] = {}
+
+
+def _addmm_fp32_out(device: torch.device) -> bool:
+    """Whether `torch.addmm(C32, A16, B16, out_dtype=torch.float32, out=C32)` works here: a half-precision
+    GEMM accumulating into an fp32 matrix (torch >= 2.9, CUDA only). Probed once per device type on a
+    small case and checked against the reference, so an older torch or another backend falls back to
+    the separate add rather than failing a run."""
+    key = device.type
+    if key not in _ADDMM_FP32_OUT:
+        ok = False
+        if device.type == "cuda":
+            try:
+                a = torch.arange(6, device=device, dtype=torch.bfloat16).view(2, 3)
+                c = torch.ones(2, 2, device=device, dtype=torch.float32)
+                torch.addmm(c, a, a.T, out_dtype=torch.float32, out=c)
+                ok = torch.equal(c, 1 + (a.float() @ a.float().T))
+            except (TypeError, RuntimeError, NotImplementedError):
+                ok = False
+        _ADDMM_FP32_OUT[key] = ok
+    return _ADDMM_FP32_OUT[key]
 
 
 def _fusable(head, config) -> bool:

@@ -187,9 +187,11 @@ class _MatmulDtypes(torch.utils._python_dispatch.TorchDispatchMode):
 @pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
 def test_fused_head_runs_its_matmuls_in_the_autocast_dtype(tiny_dirs, arch):
     """Under bf16 autocast the three head matmuls (logits, dh, dW) of forward and backward run in bf16,
-    not fp32 (a custom Function's backward does not inherit autocast). Values and gradients stay within
-    bf16 tolerance of the fp32 computation: log-probs to 0.05 nats absolute, each parameter's gradient
-    to 3% of its norm."""
+    not fp32 (a custom Function's backward does not inherit autocast), while the log-probs and the fp32
+    master weights' gradients stay fp32. Against the naive head (full logits through the model's own
+    Linear, fp32 log-softmax) under the same autocast, so that only the head differs: log-probs within
+    0.01 nats, each parameter's gradient within 1% of its norm. (Against an all-fp32 run the whole bf16
+    body differs too, by a few % depending on the transformers version: not the head's doing.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch])
@@ -197,25 +199,30 @@ def test_fused_head_runs_its_matmuls_in_the_autocast_dtype(tiny_dirs, arch):
     vocab = model.get_output_embeddings().weight.shape[0]
     b = tokenize_prompt_and_output(["12+3=", "7-9=", "think"], ["15<|im_end|>", "-2<|im_end|>", " hard"], tok)
 
-    def run(autocast: bool):
+    def run(autocast: bool, fused: bool = True):
         model.zero_grad()
         rec = _MatmulDtypes(vocab)
         with rec:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                lp = get_response_log_probs(model, b["input_ids"], b["labels"], chunk_tokens=4)["log_probs"]
+                if fused:
+                    lp = get_response_log_probs(model, b["input_ids"], b["labels"], chunk_tokens=4)["log_probs"]
+                else:
+                    lp = naive_response_log_probs(model, b["input_ids"], b["labels"])
             # backward outside autocast, as every loop does (and as CUDA's autograd threads always are)
             (lp * b["response_mask"]).sum().backward()
         return lp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, rec.seen
 
     lp16, g16, seen16 = run(True)
+    ref16, gref16, _ = run(True, fused=False)
     lp32, g32, seen32 = run(False)
     # forward: one logits matmul per chunk; backward: logits, dh, dW per chunk
     assert len(seen16) >= 4 * 3 and all(d == (torch.bfloat16, torch.bfloat16) for d in seen16), seen16
     assert seen32 and all(d == (torch.float32, torch.float32) for d in seen32)
     assert lp16.dtype == torch.float32  # log-sum-exp and the returned log-probs stay fp32
-    torch.testing.assert_close(lp16, lp32, atol=5e-2, rtol=0)
-    assert g16.keys() == g32.keys() and g16
-    for n in g32:
+    torch.testing.assert_close(lp16, ref16, atol=1e-2, rtol=0)
+    torch.testing.assert_close(lp16, lp32, atol=5e-2, rtol=0)  # and bf16 as a whole stays near fp32
+    assert g16.keys() == gref16.keys() == g32.keys() and g16
+    for n in gref16:
         assert g16[n].dtype == torch.float32, n  # fp32 master weights get fp32 grads
-        err = (g16[n] - g32[n]).norm() / g32[n].norm().clamp(min=1e-12)
-        assert err < 3e-2, (n, float(err))
+        err = (g16[n] - gref16[n]).norm() / gref16[n].norm().clamp(min=1e-12)
+        assert err < 1e-2, (n, float(err))
