@@ -38,6 +38,9 @@ class ModelConfig(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     gradient_checkpointing: bool = False
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
+    kernels: Literal["torch", "liger"] = Field("torch", description=(
+        "torch: the model's own PyTorch modules (every device); liger: Liger's Triton kernels for RMSNorm, "
+        "SwiGLU/GeGLU and RoPE on CUDA (pip install liger-kernel; the log-prob head stays alignlab's fused one)"))
     trust_remote_code: bool = False
 
 
@@ -272,14 +275,15 @@ class SamplingConfig(Strict):
     max_new_tokens: int = Field(16, gt=0)
     stop: list[str] = Field(default_factory=list, description="stop strings, kept in the output (e.g. '</answer>')")
     batch_size: int = Field(64, gt=0, description="prompts per generate() call (hf backend)")
-    hf_decode: Literal["generate", "static", "cuda_graphs"] = Field("generate", description=(
-        "hf backend's decode loop: transformers generate (dynamic KV cache); static (alignlab's loop over a "
-        "static KV cache); cuda_graphs (that loop, its per-token step in CUDA graphs; CUDA only)"))
+    hf_decode: Literal["auto", "generate", "static", "cuda_graphs"] = Field("auto", description=(
+        "hf backend's decode loop: auto (cuda_graphs on CUDA, generate elsewhere); generate (transformers, dynamic "
+        "KV cache); static (alignlab's loop over a static KV cache); cuda_graphs (that loop, its per-token step "
+        "in CUDA graphs; CUDA only; the first batch of each shape pays a one-off compile)"))
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
     @model_validator(mode="after")
     def _decode_is_for_hf(self):
-        if self.backend != "hf" and self.hf_decode != "generate":
+        if self.backend != "hf" and self.hf_decode not in ("auto", "generate"):
             raise ValueError(f"hf_decode={self.hf_decode} applies to backend=hf only; with backend={self.backend} "
                              "remove sampling.hf_decode")
         return self

@@ -197,7 +197,32 @@ def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device, dtype: tor
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if not quantize_4bit:
         model.to(device)
+    apply_kernels(model, cfg, device)
     return model
+
+
+def apply_kernels(model, cfg: ModelConfig, device: torch.device) -> None:
+    """`model.kernels=liger`: swap the model's RMSNorm, gated MLP and RoPE for Liger's Triton kernels
+    (the same instance patching transformers' Trainer does with use_liger_kernel). Liger's fused
+    linear cross-entropy is not used: alignlab's loops take per-token log-probs from their own fused
+    head, which a mean loss cannot give."""
+    if cfg.kernels == "torch":
+        return
+    if device.type != "cuda":
+        raise ConfigError(f"model.kernels=liger needs a CUDA device (Liger's kernels are Triton GPU kernels), and "
+                          f"this run is on {device.type}; use model.kernels=torch here")
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError as e:
+        raise ConfigError(f"model.kernels=liger needs liger-kernel ({e}); pip install 'alignlab[liger]' or set "
+                          "model.kernels=torch") from e
+    kind = getattr(model.config, "model_type", None)
+    if kind not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError(f"model.kernels=liger: Liger has no kernels for model type {kind!r} (it has "
+                          f"{', '.join(sorted(MODEL_TYPE_TO_APPLY_LIGER_FN))}); use model.kernels=torch")
+    _apply_liger_kernel_to_instance(model=model, rope=True, rms_norm=True, swiglu=True, geglu=True,
+                                    cross_entropy=False, fused_linear_cross_entropy=False)
 
 
 def qlora_quantization_config(compute_dtype: torch.dtype):

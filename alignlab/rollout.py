@@ -82,6 +82,7 @@ def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:
 
 DECODERS = ("generate", "static", "cuda_graphs")
 FINISH_CHECK_EVERY = 8  # decode steps between host syncs that ask whether every sequence is done
+PROMPT_BUCKET = 16  # static loop: prompts are left-padded to a multiple of this, so shapes (and graphs) repeat
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,8 +148,9 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     whether all rows are done every FINISH_CHECK_EVERY steps, not every step."""
     if graphs and input_ids.device.type != "cuda":
         raise ValueError("decode=cuda_graphs needs a CUDA device; use decode=static (same loop, no graphs)")
-    ids = input_ids.repeat_interleave(n, 0)
-    am = attention_mask.repeat_interleave(n, 0).long()
+    extra = -input_ids.shape[1] % PROMPT_BUCKET  # more left padding: masked out, positions unchanged
+    ids = torch.nn.functional.pad(input_ids, (extra, 0), value=pad_id).repeat_interleave(n, 0)
+    am = torch.nn.functional.pad(attention_mask.long(), (extra, 0), value=0).repeat_interleave(n, 0)
     B, S = ids.shape
     dev = ids.device
     L = S + max_new_tokens
@@ -287,10 +289,12 @@ def make_sampler(sampling, policy, tokenizer, model_cfg, lora_cfg, precision, se
     """The rollout engine a loop samples from: `sampling.backend` hf (anywhere) or vllm (CUDA).
     Both return the same `Rollout`; call `.sync()` after each optimizer update."""
     if sampling.backend == "hf":
-        if sampling.hf_decode == "cuda_graphs" and next(policy.parameters()).device.type != "cuda":
+        cuda = next(policy.parameters()).device.type == "cuda"
+        if sampling.hf_decode == "cuda_graphs" and not cuda:
             raise ConfigError("sampling.hf_decode=cuda_graphs needs a CUDA device; use sampling.hf_decode=static "
                               "(the same static-cache loop without graphs) or generate")
-        return HFSampler(policy, tokenizer, sampling.batch_size, sampling.hf_decode)
+        decode = sampling.hf_decode if sampling.hf_decode != "auto" else ("cuda_graphs" if cuda else "generate")
+        return HFSampler(policy, tokenizer, sampling.batch_size, decode)
     from .rollout_vllm import VLLMSampler
 
     dtype = precision.autocast or precision.weights

@@ -18,7 +18,8 @@ random digit strings (one token per digit), so every id is a valid tokenizer id 
 has exactly the stated length on both sides (no padding). Sampled ids above 511 decode to "".
 
 Jobs (`--only`), each run in a fresh process, same model, data and batch for every side:
-  sft_full   full SFT, Gemma-1B shape, seq 1024, batch 8, bf16 autocast over fp32 weights
+  sft_full   full SFT, Gemma-1B shape, seq 1024, batch 8, bf16 autocast over fp32 weights; alignlab
+             with its torch modules and with model.kernels=liger (Liger's RMSNorm/GeGLU/RoPE)
   sft_lora   LoRA r=16 (alpha 32, no dropout, q,k,v,o,gate,up,down), same data, bf16 base
   qlora      alignlab QLoRA on the same: peak memory vs alignlab LoRA, and `alignlab plan`'s
              prediction for both (needs CUDA and bitsandbytes)
@@ -368,6 +369,12 @@ def baseline_reason(liger: bool, device: str) -> str | None:
     return None
 
 
+def liger_reason(device: str) -> str | None:
+    if device != "cuda":
+        return "needs CUDA"
+    return None if have("liger_kernel") else "liger-kernel not installed"
+
+
 def fmt(x, spec=".3f", none="-"):
     return none if x is None else format(x, spec)
 
@@ -463,6 +470,10 @@ def main() -> None:
             spec = {**base_spec("gemma", job, sft_steps), **sft_common, "kind": "sft", "lora": lora}
             report(job, "alignlab", runner.run(ALIGNLAB, {**spec, "name": job + "-alignlab",
                                                           "overrides": lora_ov if lora else []}))
+            why = liger_reason(device)
+            report(job, "alignlab + Liger kernels", {"not_run": why} if why else runner.run(
+                ALIGNLAB, {**spec, "name": job + "-alignlab-liger",
+                           "overrides": (lora_ov if lora else []) + ["model.kernels=liger"]}))
             for name, liger in (("TRL", False), ("TRL + Liger", True)):
                 why = baseline_reason(liger, device)
                 r = {"not_run": why} if why else runner.run(TRL_SFT, {**spec, "name": f"{job}-trl{'-liger' * liger}",
@@ -484,6 +495,10 @@ def main() -> None:
             for name, ref in (("alignlab (precomputed ref)", "precomputed"), ("alignlab (live ref)", "copy")):
                 report(job, name, runner.run(ALIGNLAB, {**spec, "name": f"dpo-alignlab-{ref}",
                                                         "overrides": [f"dpo.reference={ref}"]}))
+            why = liger_reason(device)
+            report(job, "alignlab + Liger kernels (precomputed ref)", {"not_run": why} if why else runner.run(
+                ALIGNLAB, {**spec, "name": "dpo-alignlab-liger", "overrides": ["dpo.reference=precomputed",
+                                                                                "model.kernels=liger"]}))
             for name, liger in (("TRL", False), ("TRL + Liger", True)):
                 why = baseline_reason(liger, device)
                 report(job, name, {"not_run": why} if why else runner.run(

@@ -78,6 +78,13 @@ def test_qlora_on_cpu_is_refused_clearly(qwen_dir):
         load_policy(ModelConfig(path=str(qwen_dir), device="cpu"), LoRAConfig(enabled=True, qlora=True))
 
 
+def test_liger_kernels_off_cuda_are_refused_naming_the_key_and_the_fix(qwen_dir):
+    with pytest.raises(ConfigError, match=r"model.kernels=liger needs a CUDA device.*use model.kernels=torch"):
+        load_policy(ModelConfig(path=str(qwen_dir), device="cpu", kernels="liger"), LoRAConfig())
+    model, *_ = load_policy(ModelConfig(path=str(qwen_dir), device="cpu"), LoRAConfig())  # the default: torch
+    assert type(model.model.norm).__module__.startswith("transformers.")
+
+
 def test_qlora_keeps_the_unquantised_base_in_the_compute_dtype(qwen_dir, monkeypatch):
     """QLoRA's memory: the embedding, norms and head stay bf16 (peft's prepare_model_for_kbit_training
     upcast them to fp32, and with them the residual stream), only the adapters are fp32. The 4-bit

@@ -105,6 +105,35 @@ def test_decode_choice_is_checked():
         SamplingConfig(backend="vllm", hf_decode="static")
 
 
+def test_auto_decode_is_generate_off_cuda(models):
+    """The default, hf_decode=auto, picks cuda_graphs only on CUDA: CPU runs keep transformers' generate
+    (and the demo's numbers)."""
+    model, tok = models["qwen2"]
+    assert SamplingConfig().hf_decode == "auto"
+    assert rollout.make_sampler(SamplingConfig(), model, tok, None, None, None).decode == "generate"
+    assert rollout.make_sampler(SamplingConfig(hf_decode="static"), model, tok, None, None, None).decode == "static"
+
+
+def test_prompts_are_bucketed_so_shapes_repeat(models, monkeypatch):
+    """Prompt batches of different lengths within one bucket reach the static cache with one shape (so
+    CUDA graphs captured for it are replayed, not re-captured), and the extra left padding changes no
+    output: the completions equal those of the unbucketed loop."""
+    model, tok = models["qwen2"]
+    shapes = []
+    real = rollout._static_cache_and_step
+    monkeypatch.setattr(rollout, "_static_cache_and_step",
+                        lambda m, b, length, g: shapes.append((b, length)) or real(m, b, length, g))
+    outs = {}
+    for bucket in (1, rollout.PROMPT_BUCKET):
+        monkeypatch.setattr(rollout, "PROMPT_BUCKET", bucket)
+        shapes.clear()
+        outs[bucket] = [rollout.generate(model, tok, p, max_new_tokens=6, decode="static").completion_ids
+                        for p in (["1+2="], ["12+3=", "7-9="], ["a longer prompt 4+4="])]
+        lengths = {length for _, length in shapes}
+        assert len(lengths) == (1 if bucket > 1 else 3), (bucket, shapes)
+    assert outs[1] == outs[rollout.PROMPT_BUCKET]
+
+
 def test_cuda_graphs_are_refused_without_cuda(models):
     model, tok = models["qwen2"]
     with pytest.raises(ConfigError, match="hf_decode=cuda_graphs needs a CUDA device"):
