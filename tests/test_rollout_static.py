@@ -117,7 +117,7 @@ def test_cuda_graphs_are_refused_without_cuda(models):
 
 def test_grpo_with_static_decode_is_on_policy(tmp_path, qwen_dir):
     args = ["grpo", "-c", "grpo_tiny", f"out_dir={tmp_path}", f"model.path={qwen_dir}", "name=s",
-            "training.total_steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "rl.micro_batch_seqs=8",
+            "training.total_steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "training.micro_batch=8",
             "sampling.max_new_tokens=4", "sampling.hf_decode=static", "eval.max_examples=8", "eval.max_new_tokens=4",
             "task.arithmetic.n_eval=8"]
     assert cli.main(args) == 0
