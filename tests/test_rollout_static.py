@@ -7,6 +7,7 @@ import torch
 from alignlab import cli, rollout, tracking
 from alignlab.config import ConfigError, SamplingConfig
 from alignlab.logprobs import get_response_log_probs
+from alignlab.rollout import hf as rollout_hf
 
 PROMPTS = ["12+3=", "a much longer prompt here 7-3=", "9", "think about it"]
 
@@ -132,10 +133,10 @@ def test_graphed_decoding_reuses_one_cache_and_one_compiled_step_per_shape(model
     """A new cache or compiled closure per call would make torch.compile capture the CUDA graphs again
     for every batch; the same shape gets the same (zeroed) cache and the same compiled step."""
     model, _ = models["qwen2"]
-    c1, s1 = rollout._static_cache_and_step(model, 4, 20, graphs=True)
-    c2, s2 = rollout._static_cache_and_step(model, 4, 20, graphs=True)
-    c3, _ = rollout._static_cache_and_step(model, 4, 24, graphs=True)
+    c1, s1 = rollout_hf._static_cache_and_step(model, 4, 20, graphs=True)
+    c2, s2 = rollout_hf._static_cache_and_step(model, 4, 20, graphs=True)
+    c3, _ = rollout_hf._static_cache_and_step(model, 4, 24, graphs=True)
     assert c1 is c2 and s1 is s2 and c3 is not c1
-    e1, _ = rollout._static_cache_and_step(model, 4, 20, graphs=False)
-    e2, _ = rollout._static_cache_and_step(model, 4, 20, graphs=False)
+    e1, _ = rollout_hf._static_cache_and_step(model, 4, 20, graphs=False)
+    e2, _ = rollout_hf._static_cache_and_step(model, 4, 20, graphs=False)
     assert e1 is not e2  # eager decoding keeps a fresh cache per call

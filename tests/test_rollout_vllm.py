@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignlab import cli, rollout, rollout_vllm, tracking
+from alignlab import cli, rollout, tracking
 from alignlab.config import ConfigError
+from alignlab.rollout import vllm as rollout_vllm
 
 import fake_vllm
 from test_rl_loops import grpo_args

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from alignlab import cli, rollout_vllm, tracking
+from alignlab import cli, tracking
+from alignlab.rollout import vllm as rollout_vllm
 
 vllm = pytest.importorskip("vllm")
 if not (torch.cuda.is_available() or rollout_vllm._vllm_cpu_build()):
