@@ -49,7 +49,7 @@ def run_training(algo: str, argv: list[str]) -> int:
         return 0
     _quiet_libraries()
     if getattr(getattr(cfg, "sampling", None), "backend", "hf") == "vllm":  # fail before any model loads
-        from .rollout_vllm import check_available
+        from .rollout.vllm import check_available
 
         check_available()
     run_dir = importlib.import_module(module).main(cfg)

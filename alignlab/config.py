@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -160,21 +160,26 @@ def _refuse_rollback(watchdog: WatchdogConfig, algo: str) -> None:
 
 
 class TrainingConfig(Strict):
-    total_steps: int | None = Field(None, gt=0, description="Optimizer steps; or set epochs.")
-    epochs: float | None = Field(None, gt=0)
-    global_batch_seqs: int = Field(32, gt=0, description="Sequences per optimizer step.")
-    micro_batch_seqs: int = Field(8, gt=0, description="Sequences per forward/backward.")
+    """`training:` of every algorithm: how many steps, the micro-batch, and the run's bookkeeping
+    (precision, evaluate, save, log, resume, hooks, watchdog). Steps are the loop's own: optimizer
+    steps (SFT, DPO, RM), rollout steps (GRPO, PPO) or rounds (EI); eval/save/log counts are in them.
+    GRPO and PPO use it as it is; SFT, EI and DPO/RM subclass it where they differ."""
+
+    # Does the loop read max_tokens_per_micro_batch? Only loops whose micro-batches come from
+    # data.micro_batches (SFT, EI) can cap their tokens; elsewhere the key is refused, not ignored.
+    TOKEN_CAP: ClassVar[bool] = False
+
+    total_steps: int = Field(50, gt=0, description="the loop's steps (GRPO, PPO: rollout steps)")
+    micro_batch: int = Field(16, gt=0, description=(
+        "rows per forward/backward: sequences (SFT, EI, GRPO, PPO) or preference pairs (DPO, RM; chosen and "
+        "rejected go through one forward). Only memory and speed depend on it: the step's normaliser is fixed "
+        "before its micro-batches"))
     max_tokens_per_micro_batch: int | None = Field(None, gt=0, description=(
-        "also cap each micro-batch's tokens (rows x longest; with data.packing the sum of lengths), so short "
-        "examples share big micro-batches and long ones get small ones; null: micro_batch_seqs alone"))
-    loss_normalizer: Literal["tokens", "sequences"] = Field(
-        "tokens",
-        description="tokens: sum of response-token NLL / response tokens in the whole optimizer step; "
-        "sequences: per-sequence mean NLL averaged over the step's sequences.",
-    )
+        "SFT and EI: also cap each micro-batch's tokens (rows x longest; with data.packing the sum of lengths), so "
+        "short examples share big micro-batches and long ones get small ones; null: training.micro_batch alone"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0: only at the end")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0: only at the end")
     keep_last: int = Field(2, gt=0)
     log_every: int | None = Field(None, gt=0, description=(
         "print a plain progress line (loss, tokens/s, ETA) every N steps, on a terminal too instead of the live bar; "
@@ -186,15 +191,38 @@ class TrainingConfig(Strict):
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
 
     @model_validator(mode="after")
-    def _batch_arithmetic(self) -> "TrainingConfig":
-        _check_multiple("global_batch_seqs", self.global_batch_seqs, "micro_batch_seqs", self.micro_batch_seqs)
+    def _token_cap(self) -> "TrainingConfig":
+        if self.max_tokens_per_micro_batch is not None and not self.TOKEN_CAP:
+            raise ValueError("max_tokens_per_micro_batch is read by sft and ei only; this loop cuts its micro-batches "
+                             "by rows: remove it and size them with training.micro_batch")
+        return self
+
+
+class SFTTrainingConfig(TrainingConfig):
+    """SFT's `training:`: a step count or epochs, and the global batch the micro-batches add up to."""
+
+    TOKEN_CAP: ClassVar[bool] = True
+
+    total_steps: int | None = Field(None, gt=0, description="Optimizer steps; or set epochs.")
+    epochs: float | None = Field(None, gt=0)
+    global_batch_seqs: int = Field(32, gt=0, description="Sequences per optimizer step.")
+    micro_batch: int = Field(8, gt=0, description="Sequences per forward/backward.")
+    loss_normalizer: Literal["tokens", "sequences"] = Field(
+        "tokens",
+        description="tokens: sum of response-token NLL / response tokens in the whole optimizer step; "
+        "sequences: per-sequence mean NLL averaged over the step's sequences.",
+    )
+
+    @model_validator(mode="after")
+    def _batch_arithmetic(self) -> "SFTTrainingConfig":
+        _check_multiple("global_batch_seqs", self.global_batch_seqs, "micro_batch", self.micro_batch)
         if self.total_steps is None and self.epochs is None:
             raise ValueError("set training.total_steps or training.epochs")
         return self
 
     @property
     def grad_accum_steps(self) -> int:
-        return self.global_batch_seqs // self.micro_batch_seqs
+        return self.global_batch_seqs // self.micro_batch
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -230,6 +258,9 @@ class DataConfig(Strict):
 
 
 class EvalConfig(Strict):
+    """`eval:` of every loop that generates (SFT, EI, GRPO, PPO): the held-out examples, greedy.
+    DPO and RM score held-out pairs (data.eval, data.n_eval) and generate nothing, so they have none."""
+
     max_examples: int = Field(200, gt=0)
     max_new_tokens: int = Field(16, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -238,7 +269,7 @@ class EvalConfig(Strict):
 class SFTConfig(RunBase):
     name: str = "sft"
     optim: OptimConfig = Field(default_factory=OptimConfig)
-    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(total_steps=100))
+    training: SFTTrainingConfig = Field(default_factory=lambda: SFTTrainingConfig(total_steps=100))
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -292,7 +323,6 @@ class SamplingConfig(Strict):
 class RLConfig(Strict):
     prompts_per_step: int = Field(16, gt=0)
     group_size: int = Field(8, gt=0, description="samples per prompt")
-    micro_batch_seqs: int = Field(16, gt=0, description="sequences per forward/backward")
     epochs_per_rollout_batch: int = Field(1, gt=0, description="1: on-policy; >1: off-policy passes with clipping")
     loss_type: Literal["no_baseline", "reinforce_with_baseline", "grpo_clip", "gspo"] = "grpo_clip"
     advantage: Literal["group", "rloo"] = "group"
@@ -313,39 +343,12 @@ class RLConfig(Strict):
     max_resample_rounds: int = Field(3, ge=0)
 
     @model_validator(mode="after")
-    def _batch_arithmetic(self) -> "RLConfig":
-        _check_multiple("prompts_per_step * group_size", self.prompts_per_step * self.group_size, "micro_batch_seqs",
-                        self.micro_batch_seqs)
+    def _groups(self) -> "RLConfig":
         if self.advantage == "rloo" and self.group_size < 2:
             raise ValueError("advantage=rloo needs group_size >= 2")
         if self.normalize_by_std and self.group_size < 2:
             raise ValueError("normalize_by_std needs group_size >= 2 (a std of one sample is undefined)")
         return self
-
-
-class RunConfig(Strict):
-    """Bookkeeping shared by the RL loops; eval/save counts are in rollout steps (EI: rounds)."""
-
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    eval_every: int = Field(0, ge=0, description="evaluate every N steps (EI: rounds); 0: only at the end")
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps (EI: rounds); 0: only at the end")
-    keep_last: int = Field(2, gt=0)
-    log_every: int | None = Field(None, gt=0, description=(
-        "print a plain progress line (loss, tokens/s, ETA) every N steps, on a terminal too instead of the live bar; "
-        "null: the live bar on a terminal, about 20 lines per run otherwise. metrics.jsonl gets every step either way"))
-    resume: str = "auto"
-    hooks: list[str] = Field(default_factory=list)
-    watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
-
-
-class RLTrainingConfig(RunConfig):
-    total_steps: int = Field(50, gt=0, description="rollout steps")
-
-
-class RLEvalConfig(Strict):
-    max_examples: int = Field(200, gt=0)
-    max_new_tokens: int = Field(16, gt=0)
-    batch_size: int = Field(64, gt=0)
 
 
 class GRPOConfig(RunBase):
@@ -354,27 +357,32 @@ class GRPOConfig(RunBase):
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
-    eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
-
-
-class EIRoundConfig(Strict):
-    n_ei_steps: int = Field(3, gt=0, description="rounds of sample -> filter -> SFT")
-    questions_per_round: int = Field(256, gt=0)
-    group_size: int = Field(8, gt=0, description="samples per question (G)")
-    sft_epochs: int = Field(1, gt=0, description="passes over each round's kept samples")
-    global_batch_seqs: int = Field(32, gt=0)
-    micro_batch_seqs: int = Field(16, gt=0)
-    loss_normalizer: Literal["tokens", "sequences"] = "tokens"
-    dedupe: bool = Field(True, description="keep each distinct correct completion of a question once")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _batch_arithmetic(self) -> "EIRoundConfig":
-        _check_multiple("global_batch_seqs", self.global_batch_seqs, "micro_batch_seqs", self.micro_batch_seqs)
+    def _batch_arithmetic(self) -> "GRPOConfig":
+        _check_multiple("rl.prompts_per_step * rl.group_size", self.rl.prompts_per_step * self.rl.group_size,
+                        "training.micro_batch", self.training.micro_batch)
         return self
 
 
-class EITrainingConfig(RunConfig):
+class EIRoundConfig(Strict):
+    questions_per_round: int = Field(256, gt=0)
+    group_size: int = Field(8, gt=0, description="samples per question (G)")
+    sft_epochs: int = Field(1, gt=0, description="passes over each round's kept samples")
+    global_batch_seqs: int = Field(32, gt=0, description="sequences per optimizer step of a round's SFT")
+    loss_normalizer: Literal["tokens", "sequences"] = "tokens"
+    dedupe: bool = Field(True, description="keep each distinct correct completion of a question once")
+
+
+class EITrainingConfig(TrainingConfig):
+    """EI's `training:`: its steps are rounds of sample -> filter -> SFT; a round's SFT steps in
+    micro-batches like SFT's (so a token cap applies too)."""
+
+    TOKEN_CAP: ClassVar[bool] = True
+
+    total_steps: int = Field(3, gt=0, description="rounds of sample -> filter -> SFT")
     eval_every: int = Field(1, ge=0, description="evaluate held-out accuracy every N rounds; 0: only after the last")
 
 
@@ -385,10 +393,11 @@ class EIConfig(RunBase):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ei: EIRoundConfig = Field(default_factory=EIRoundConfig)
     training: EITrainingConfig = Field(default_factory=EITrainingConfig)
-    eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
-    def _watchdog(self) -> "EIConfig":
+    def _check(self) -> "EIConfig":
+        _check_multiple("ei.global_batch_seqs", self.ei.global_batch_seqs, "training.micro_batch", self.training.micro_batch)
         _refuse_rollback(self.training.watchdog, "ei")
         return self
 
@@ -417,15 +426,17 @@ class PrefDataConfig(Strict):
         return self
 
 
-class PrefTrainingConfig(RunConfig):
+class PrefTrainingConfig(TrainingConfig):
+    """DPO's and RM's `training:`: a step count or epochs, and the pairs per optimizer step."""
+
     total_steps: int | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
     global_batch_pairs: int = Field(32, gt=0, description="preference pairs per optimizer step")
-    micro_batch_pairs: int = Field(8, gt=0, description="pairs per forward (chosen and rejected in one batch)")
+    micro_batch: int = Field(8, gt=0, description="pairs per forward/backward (chosen and rejected in one batch)")
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "PrefTrainingConfig":
-        _check_multiple("global_batch_pairs", self.global_batch_pairs, "micro_batch_pairs", self.micro_batch_pairs)
+        _check_multiple("global_batch_pairs", self.global_batch_pairs, "micro_batch", self.micro_batch)
         if self.total_steps is None and self.epochs is None:
             raise ValueError("set training.total_steps or training.epochs")
         return self
@@ -514,7 +525,8 @@ class RewardSection(Strict):
 
 class PPOSection(Strict):
     rollout_size: int = Field(64, gt=0, description="sequences per rollout batch (one sample per prompt)")
-    minibatch_seqs: int = Field(16, gt=0, description="sequences per optimizer step inside a PPO epoch")
+    minibatch_seqs: int = Field(16, gt=0, description=(
+        "sequences per optimizer step inside a PPO epoch, run in micro-batches of training.micro_batch"))
     num_ppo_epochs: int = Field(4, gt=0)
     clip: float = Field(0.2, gt=0, description="policy ratio clip")
     value_clip: float = Field(0.2, gt=0)
@@ -553,11 +565,26 @@ class PPOConfig(RunBase):
     reward: RewardSection = Field(default_factory=RewardSection)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ppo: PPOSection = Field(default_factory=PPOSection)
-    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
-    eval: RLEvalConfig = Field(default_factory=RLEvalConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _micro_batch_default(cls, data: Any) -> Any:
+        """training.micro_batch left out: the whole minibatch in one forward (one forward per optimizer
+        step, as before micro-batching existed here); the resolved config shows the number."""
+        if isinstance(data, dict):
+            training = data.get("training")
+            if training is None or (isinstance(training, dict) and "micro_batch" not in training):
+                ppo = data.get("ppo") if isinstance(data.get("ppo"), dict) else {}
+                minibatch = ppo.get("minibatch_seqs", PPOSection.model_fields["minibatch_seqs"].default)
+                if isinstance(minibatch, int) and minibatch > 0:  # a bad value is reported once, under ppo.
+                    data = {**data, "training": {**(training or {}), "micro_batch": minibatch}}
+        return data
 
     @model_validator(mode="after")
     def _critic(self) -> "PPOConfig":
+        _check_multiple("ppo.minibatch_seqs", self.ppo.minibatch_seqs, "training.micro_batch", self.training.micro_batch)
         _refuse_rollback(self.training.watchdog, "ppo")
         if self.ppo.critic == "lora_adapters" and not self.lora.enabled:
             raise ValueError("ppo.critic=lora_adapters needs lora.enabled=true (policy and value are two LoRA adapters "
@@ -623,6 +650,36 @@ class PipelineConfig(Strict):
 
 C = TypeVar("C", bound=Strict)
 
+# Keys renamed after alignlab 0.1.0: old dotted key -> (new dotted key, why). A YAML file or an override
+# that still uses an old key is refused with a message naming the new one, for one release; after
+# that the table goes and the old key is an ordinary unknown key.
+RENAMED_AFTER = "0.1.0"
+RENAMED = {
+    "training.micro_batch_seqs": ("training.micro_batch", "every loop sizes its micro-batches under one key"),
+    "training.micro_batch_pairs": ("training.micro_batch", "every loop sizes its micro-batches under one key; "
+                                   "for DPO and RM it counts pairs"),
+    "rl.micro_batch_seqs": ("training.micro_batch", "every loop sizes its micro-batches under one key"),
+    "ei.micro_batch_seqs": ("training.micro_batch", "every loop sizes its micro-batches under one key"),
+    "ei.n_ei_steps": ("training.total_steps", "every loop counts its steps under one key; EI's steps are rounds"),
+}
+
+
+def _refuse_renamed(dotted: str, value: Any, where: str, in_file: bool) -> None:
+    if dotted in RENAMED:
+        new, why = RENAMED[dotted]
+        shown = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        section, _, leaf = new.rpartition(".")
+        fix = f"put {leaf}: {shown} under {section}:" if in_file else f"write {new}={shown}"
+        raise ConfigError(f"{where}: {dotted} was renamed {new} after alignlab {RENAMED_AFTER} ({why}); {fix}")
+
+
+def _dotted_items(data: dict, prefix: str = ""):
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        yield key, v
+        if isinstance(v, dict):
+            yield from _dotted_items(v, key + ".")
+
 
 def resolve_config_path(path: str | os.PathLike) -> Path:
     """A file path, or a bare name of a packaged config (`sft_tiny` -> alignlab/configs/sft_tiny.yaml)."""
@@ -658,6 +715,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict, overrides: list[str], schema: type[Strict]) -> dict:
     for text in overrides:
         keys, value = parse_override(text)
+        _refuse_renamed(".".join(keys), value, f"override {text!r}", in_file=False)
         node, model = data, schema
         for i, k in enumerate(keys):
             fields = model.model_fields if model is not None else None
@@ -721,6 +779,8 @@ def load_config(schema: type[C], path: str | os.PathLike | None = None, override
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, optim:, ...)")
+        for key, value in _dotted_items(loaded):
+            _refuse_renamed(key, value, str(p), in_file=True)
         data = loaded
     if overrides:
         data = apply_overrides(data, list(overrides), schema)

@@ -47,12 +47,12 @@ def tokenize_prompt_and_output(prompt_strs: list[str], output_strs: list[str], t
         pi, oi = _prompt_ids(tokenizer, p), _output_ids(tokenizer, o)
         seqs.append(pi + oi)
         masks.append([False] * len(pi) + [True] * len(oi))
-    out = _pad_and_shift(seqs, masks, tokenizer.pad_token_id)
+    out = pad_and_shift(seqs, masks, tokenizer.pad_token_id)
     del out["attention_mask"]  # the plan's contract: exactly input_ids, labels, response_mask
     return out
 
 
-def _pad_and_shift(seqs: list[list[int]], masks: list[list[bool]], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_and_shift(seqs: list[list[int]], masks: list[list[bool]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad, then shift: input_ids = seq[:, :-1], labels = seq[:, 1:], response_mask on label
     positions, attention_mask on the real (unpadded) input positions. All (B, max_len - 1)."""
     width = max(len(s) for s in seqs)
@@ -288,7 +288,7 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded (input_ids, labels, response_mask, attention_mask), each (B, T)."""
     seqs = [e.ids for e in items]
     masks = [[False] * e.n_prompt + [True] * e.n_response for e in items]
-    return _pad_and_shift(seqs, masks, pad_id)
+    return pad_and_shift(seqs, masks, pad_id)
 
 
 def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:

@@ -27,14 +27,14 @@ N_EVAL = 400
 STAGES = {
     "sft": ["training.total_steps=800", "data.arithmetic.n_train=1000", "training.eval_every=200",
             "training.save_every=0"],
-    "ei": ["optim.lr=1e-4", "ei.n_ei_steps=4", "ei.questions_per_round=1024", "ei.sft_epochs=2"],
+    "ei": ["optim.lr=1e-4", "training.total_steps=4", "ei.questions_per_round=1024", "ei.sft_epochs=2"],
     "grpo": ["optim.lr=5e-5", "training.total_steps=300", "training.eval_every=50", "training.save_every=0"],
 }
 FAST = {  # --fast: seconds, for the test suite; the numbers mean nothing
     "sft": ["training.total_steps=6", "training.eval_every=3", "data.arithmetic.n_train=64"],
-    "ei": ["ei.n_ei_steps=1", "ei.questions_per_round=8", "ei.group_size=2"],
+    "ei": ["training.total_steps=1", "ei.questions_per_round=8", "ei.group_size=2"],
     "grpo": ["training.total_steps=2", "training.eval_every=1", "rl.prompts_per_step=4", "rl.group_size=2",
-             "rl.micro_batch_seqs=8"],
+             "training.micro_batch=8"],
 }
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg_ei = load_config(EIConfig, "ei_tiny", [f"model.path={sft_ckpt}", "name=ei", *common, f"eval.max_examples={n_eval}",
                                                f"task.arithmetic.n_eval={n_eval}", *extra["ei"]])
     ei.main(cfg_ei)
-    ei_ckpt = f"{cfg_ei.run_dir}/checkpoints/step_{cfg_ei.ei.n_ei_steps}"
+    ei_ckpt = f"{cfg_ei.run_dir}/checkpoints/step_{cfg_ei.training.total_steps}"
 
     con.rule("[bold]3. GRPO with the exact-answer reward")
     cfg_grpo = load_config(GRPOConfig, "grpo_tiny", [f"model.path={ei_ckpt}", "name=grpo", *common,

@@ -152,7 +152,7 @@ class Stepper:
             algo, cfg, model, tok, device, prec, train)
         t = cfg.training
         self.global_batch = t.global_batch_seqs if algo == "sft" else t.global_batch_pairs
-        self.micro = t.micro_batch_seqs if algo == "sft" else t.micro_batch_pairs
+        self.micro = t.micro_batch
         self.ref = None
         if algo == "dpo":
             from .train import dpo

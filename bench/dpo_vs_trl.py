@@ -30,7 +30,7 @@ from alignlab.train import dpo
 a = json.loads(sys.argv[1])
 cfg = load_config(DPOConfig, "dpo_tiny", [f"model.path={a['model']}", f"out_dir={a['out']}", "name=ours",
     f"model.device={a['device']}", f"training.total_steps={a['steps']}", f"training.global_batch_pairs={a['pairs']}",
-    f"training.micro_batch_pairs={a['pairs']}", f"optim.lr={a['lr']}", "optim.schedule=constant", "optim.warmup_ratio=0",
+    f"training.micro_batch={a['pairs']}", f"optim.lr={a['lr']}", "optim.schedule=constant", "optim.warmup_ratio=0",
     "optim.weight_decay=0.0", "data.eval=null", f"data.train={a['data']}", "training.save_every=0", "training.resume=never",
     "dpo.reference=precomputed"])
 t = time.time(); dpo.main(cfg); total = time.time() - t

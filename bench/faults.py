@@ -46,13 +46,13 @@ from alignlab.train import dpo, grpo, sft  # noqa: E402
 
 LOOPS = {  # name: (loop module, schema, packaged config, overrides); a save after every step
     "sft": (sft, "SFTConfig", "sft_tiny", [
-        "training.total_steps=6", "training.global_batch_seqs=8", "training.micro_batch_seqs=4",
+        "training.total_steps=6", "training.global_batch_seqs=8", "training.micro_batch=4",
         "data.arithmetic.n_train=64", "data.eval=null", "optim.lr=1e-3"]),
     "dpo": (dpo, "DPOConfig", "dpo_tiny", [
-        "training.total_steps=6", "training.global_batch_pairs=4", "training.micro_batch_pairs=2",
+        "training.total_steps=6", "training.global_batch_pairs=4", "training.micro_batch=2",
         "data.n_train=32", "data.eval=null", "data.max_seq_len=32", "optim.lr=1e-3"]),
     "grpo": (grpo, "GRPOConfig", "grpo_tiny", [
-        "training.total_steps=4", "rl.prompts_per_step=2", "rl.group_size=4", "rl.micro_batch_seqs=8",
+        "training.total_steps=4", "rl.prompts_per_step=2", "rl.group_size=4", "training.micro_batch=8",
         "sampling.max_new_tokens=4", "eval.max_examples=4", "eval.max_new_tokens=4", "task.arithmetic.n_eval=4",
         "optim.lr=1e-3"]),
 }

@@ -106,7 +106,7 @@ if a["kind"] == "sft":
     cfg = load_config(SFTConfig, "sft_tiny", common + [
         f"data.train={a['data']}", "data.eval=null", f"data.max_seq_len={a['seq']}", "data.format=plain",
         f"training.total_steps={a['steps']}", f"training.global_batch_seqs={a['batch']}",
-        f"training.micro_batch_seqs={a['batch']}", "optim.lr=1e-5"] + a["overrides"])
+        f"training.micro_batch={a['batch']}", "optim.lr=1e-5"] + a["overrides"])
     sft.main(cfg, hooks=[Timer()])
     own = [r["time/step"] for r in rows_with("time/step")]
 elif a["kind"] == "dpo":
@@ -115,7 +115,7 @@ elif a["kind"] == "dpo":
     cfg = load_config(DPOConfig, "dpo_tiny", common + [
         f"data.train={a['data']}", "data.eval=null", f"data.max_seq_len={a['seq']}",
         f"training.total_steps={a['steps']}", f"training.global_batch_pairs={a['batch']}",
-        f"training.micro_batch_pairs={a['batch']}", "optim.lr=5e-7", "dpo.loss=sigmoid", "dpo.beta=0.1"] + a["overrides"])
+        f"training.micro_batch={a['batch']}", "optim.lr=5e-7", "dpo.loss=sigmoid", "dpo.beta=0.1"] + a["overrides"])
     dpo.main(cfg, hooks=[Timer()])
     own = [r["time/step"] for r in rows_with("time/step")]
 else:
@@ -123,7 +123,7 @@ else:
     from alignlab.train import grpo
     cfg = load_config(GRPOConfig, "grpo_tiny", common + [
         f"training.total_steps={a['steps']}", f"rl.prompts_per_step={a['prompts']}", f"rl.group_size={a['group']}",
-        f"rl.micro_batch_seqs={a['prompts'] * a['group']}", "rl.loss_type=grpo_clip", "rl.aggregation=seq_mean",
+        f"training.micro_batch={a['prompts'] * a['group']}", "rl.loss_type=grpo_clip", "rl.aggregation=seq_mean",
         f"sampling.max_new_tokens={a['new_tokens']}", "sampling.temperature=1.0", "sampling.top_p=1.0",
         "eval.max_examples=1", "eval.max_new_tokens=1", "optim.lr=1e-6"] + a["overrides"])
     grpo.main(cfg, hooks=[Timer()])

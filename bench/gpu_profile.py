@@ -46,7 +46,7 @@ cfg = load_config(SFTConfig, "sft_tiny", [
     "optim.schedule=constant", "optim.warmup_ratio=0", "optim.max_grad_norm=1.0", f"data.train={a['data']}",
     "data.eval=null", f"data.max_seq_len={a['seq']}", "data.format=plain",
     f"training.total_steps={a['warmup'] + a['steps']}", f"training.global_batch_seqs={a['batch']}",
-    f"training.micro_batch_seqs={a['batch']}", "optim.lr=1e-5"] + lora)
+    f"training.micro_batch={a['batch']}", "optim.lr=1e-5"] + lora)
 sft.main(cfg, hooks=[Hook()])
 ev = list(prof.key_averages())
 if dev == "cuda":  # the kernels themselves (device events); else every op's own device time

@@ -27,7 +27,7 @@ a = json.loads(sys.argv[1])
 torch.manual_seed(0)
 cfg = load_config(GRPOConfig, "grpo_tiny", [f"model.path={a['model']}", f"out_dir={a['out']}", "name=ours",
     f"model.device={a['device']}", f"training.total_steps={a['steps']}", f"rl.prompts_per_step={a['prompts']}",
-    f"rl.group_size={a['group']}", f"rl.micro_batch_seqs={a['prompts'] * a['group']}", f"optim.lr={a['lr']}",
+    f"rl.group_size={a['group']}", f"training.micro_batch={a['prompts'] * a['group']}", f"optim.lr={a['lr']}",
     "optim.max_grad_norm=1.0", "sampling.max_new_tokens=6", "training.eval_every=0", "training.save_every=0",
     "eval.max_examples=1", "training.resume=never", "rl.loss_type=grpo_clip", "rl.aggregation=seq_mean"])
 t = time.time(); grpo.main(cfg); total = time.time() - t

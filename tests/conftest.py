@@ -50,7 +50,7 @@ def sft_overrides(tmp_path, model_dir, name="run", **extra) -> list[str]:
     """A few-second SFT run on the tiny model."""
     base = {
         "name": name, "out_dir": str(tmp_path), "model.path": str(model_dir),
-        "training.total_steps": 4, "training.global_batch_seqs": 8, "training.micro_batch_seqs": 4,
+        "training.total_steps": 4, "training.global_batch_seqs": 8, "training.micro_batch": 4,
         "training.eval_every": 0, "training.save_every": 0, "optim.lr": 1e-3, "optim.warmup_ratio": 0.25,
         "data.arithmetic.n_train": 64, "data.arithmetic.n_eval": 8, "eval.max_examples": 8,
         "eval.max_new_tokens": 4,

@@ -1,4 +1,4 @@
-"""A CPU stand-in for the slice of vLLM's API that `alignlab.rollout_vllm` uses, for tests only.
+"""A CPU stand-in for the slice of vLLM's API that `alignlab.rollout.vllm` uses, for tests only.
 
 It checks what a real engine would reject and behaves the way that matters to the integration:
 - keyword names are checked against vLLM 0.33's `LLM`/`EngineArgs` and `SamplingParams` fields

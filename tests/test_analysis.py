@@ -299,7 +299,7 @@ def test_memory_profiler_agrees_with_plan_measure(qwen_dir, tmp_path):
     from alignlab.plan.arch import load_arch
     from alignlab.plan.measure import measure
 
-    task, cfg = load_any_config("sft_tiny", [f"model.path={qwen_dir}", "training.micro_batch_seqs=2",
+    task, cfg = load_any_config("sft_tiny", [f"model.path={qwen_dir}", "training.micro_batch=2",
                                              "training.global_batch_seqs=2", "data.max_seq_len=32"])
     res = profile(task, cfg)
     setup = planner_setup(task, cfg, shape_of(task, cfg), "cpu")
@@ -311,7 +311,7 @@ def test_memory_profiler_agrees_with_plan_measure(qwen_dir, tmp_path):
 
 def test_memory_cli_prints_against_the_planner(qwen_dir, tmp_path, capsys):
     out = tmp_path / "mem"
-    assert cli(["analyze", "memory", "-c", "sft_tiny", f"model.path={qwen_dir}", "training.micro_batch_seqs=2",
+    assert cli(["analyze", "memory", "-c", "sft_tiny", f"model.path={qwen_dir}", "training.micro_batch=2",
                 "training.global_batch_seqs=2", "data.max_seq_len=16", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "planner MiB" in text and "backward" in text

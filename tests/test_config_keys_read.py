@@ -51,4 +51,4 @@ def test_the_check_can_fail():
         a_setting_nobody_reads_xyz: int = 0
 
     read = _names_read()
-    assert "a_setting_nobody_reads_xyz" not in read and "micro_batch_seqs" in read
+    assert "a_setting_nobody_reads_xyz" not in read and "micro_batch" in read

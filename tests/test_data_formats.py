@@ -133,5 +133,5 @@ def test_the_packaged_configs_take_trl_files_without_flags(tmp_path, qwen_dir):
                                               for a in range(4)])
     assert cli.main(["dpo", "-c", "dpo_tiny", f"out_dir={tmp_path}", "name=cp", f"model.path={qwen_dir}",
                      f"data.train={pref_file}", "data.eval=null", "training.total_steps=1", "training.global_batch_pairs=2",
-                     "training.micro_batch_pairs=2", "data.max_seq_len=32"]) == 0
+                     "training.micro_batch=2", "data.max_seq_len=32"]) == 0
     assert [r["step"] for r in tracking.read_metrics(tmp_path / "cp")] == [1]

@@ -35,7 +35,7 @@ def test_rich_table_names_every_term_and_the_peak_phase(capsys):
                      "--seq-len", "1024")
     assert rc == 0
     for text in ("weights (fp16)", "gradients", "optimizer states", "activations", "logits", "peak by phase",
-                 "micro_batch_seqs", "grad_accum_steps", "lr", "warmup_ratio", "fp16", "fits"):
+                 "micro_batch", "grad_accum_steps", "lr", "warmup_ratio", "fp16", "fits"):
         assert text in out, text
 
 
@@ -47,7 +47,7 @@ def test_json_is_complete_and_consistent(capsys):
     assert d["peak_gib"] == max(p["gib"] for p in d["phases"]) <= d["budget_gib"]
     assert d["params"]["total"] == 596_049_920
     keys = {r["key"] for r in d["recommendations"]}
-    assert {"micro_batch_seqs", "grad_accum_steps", "lr", "warmup_ratio", "schedule", "min_lr_ratio", "adam_betas",
+    assert {"micro_batch", "grad_accum_steps", "lr", "warmup_ratio", "schedule", "min_lr_ratio", "adam_betas",
             "weight_decay", "precision", "steps_per_epoch", "total_steps", "gradient_checkpointing"} <= keys
     assert all(r["reason"] for r in d["recommendations"])
 
@@ -57,7 +57,7 @@ def test_yaml_is_a_valid_sft_config(capsys, tmp_path):
     rc, _, err = run(capsys, "--model", "google/gemma-3-270m", "--method", "lora", "--gpu", "L4", "--yaml", str(path))
     assert rc == 0 and "wrote" in err
     data = yaml.safe_load(path.read_text())
-    assert data["lora"]["enabled"] and data["training"]["global_batch_seqs"] % data["training"]["micro_batch_seqs"] == 0
+    assert data["lora"]["enabled"] and data["training"]["global_batch_seqs"] % data["training"]["micro_batch"] == 0
     config = pytest.importorskip("alignlab.config")
     cfg = config.SFTConfig.model_validate(data)
     assert cfg.optim.lr == data["optim"]["lr"] and cfg.training.precision == "bf16"
@@ -75,16 +75,16 @@ def test_yaml_loads_with_the_matching_command_schema(capsys, tmp_path, task):
     rec = {r["key"]: r["value"] for r in json.loads(out)["recommendations"]}
     schema = {"dpo": config.DPOConfig, "grpo": config.GRPOConfig, "ppo": config.PPOConfig}[task]
     cfg = config.load_config(schema, path)  # strict: an unknown key would raise here
-    eff = rec["micro_batch_seqs"] * rec["grad_accum_steps"]
+    eff = rec["micro_batch"] * rec["grad_accum_steps"]
     assert cfg.optim.lr == rec["lr"] and cfg.training.total_steps == rec["total_steps"]
     if task == "dpo":
-        assert (cfg.training.global_batch_pairs, cfg.training.micro_batch_pairs) == (eff, rec["micro_batch_seqs"])
+        assert (cfg.training.global_batch_pairs, cfg.training.micro_batch) == (eff, rec["micro_batch"])
     elif task == "grpo":
-        assert cfg.rl.prompts_per_step * cfg.rl.group_size == eff and cfg.rl.micro_batch_seqs == rec["micro_batch_seqs"]
+        assert cfg.rl.prompts_per_step * cfg.rl.group_size == eff and cfg.training.micro_batch == rec["micro_batch"]
         assert cfg.rl.kl_coef == rec["kl_coef"] > 0  # the plan keeps a reference in memory, so the config uses it
         assert cfg.sampling.batch_size * cfg.rl.group_size == rec["rollout_batch"]
     else:
-        assert (cfg.ppo.rollout_size, cfg.ppo.minibatch_seqs) == (eff, rec["micro_batch_seqs"])
+        assert (cfg.ppo.rollout_size, cfg.ppo.minibatch_seqs) == (eff, rec["micro_batch"])
         assert cfg.ppo.critic == "separate"  # the plan's default PPO memory includes a separate value model
 
 
@@ -94,7 +94,7 @@ def test_rl_and_dpo_plans(capsys):
     d = json.loads(out)
     rec = {r["key"]: r["value"] for r in d["recommendations"]}
     assert rc == 0 and rec["group_size"] == 8 and rec["rollout_batch"] >= 1
-    assert rec["prompts_per_step"] * 8 == rec["micro_batch_seqs"] * rec["grad_accum_steps"]
+    assert rec["prompts_per_step"] * 8 == rec["micro_batch"] * rec["grad_accum_steps"]
     assert any(p["name"] == "rollout generation" for p in d["phases"])
     rc, out, _ = run(capsys, "--model", "Qwen/Qwen3-0.6B", "--method", "full", "--task", "dpo", "--gpu", "H100", "--yaml")
     assert rc == 0 and yaml.safe_load(out)["dpo"]["beta"] == 0.1
@@ -164,7 +164,7 @@ def test_vllm_rollout_plan_reserves_the_engine_and_writes_a_loadable_config(caps
     assert "rollout (vLLM engine)" in phases and "rollout generation" not in phases  # no KV cache in the trainer
     hf = json.loads(run(capsys, *args[:-2], "--json")[1])
     hf_rec = {r["key"]: r["value"] for r in hf["recommendations"]}
-    assert rec["micro_batch_seqs"] <= hf_rec["micro_batch_seqs"]  # training shares the device with the engine
+    assert rec["micro_batch"] <= hf_rec["micro_batch"]  # training shares the device with the engine
     assert d["peak_gib"] > hf["peak_gib"]
     path = tmp_path / "v.yaml"
     assert run(capsys, *args, "--yaml", str(path))[0] == 0

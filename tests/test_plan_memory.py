@@ -103,7 +103,7 @@ def test_recommendations_fit_and_explain():
     s = Setup(method="lora", precision="fp16", seq_len=1024)
     plan = make_plan(GEMMA, gpu, s, Options(target_batch=32))
     assert plan.fits and plan.est.peak <= plan.budget
-    m, acc = plan.rec("micro_batch_seqs"), plan.rec("grad_accum_steps")
+    m, acc = plan.rec("micro_batch"), plan.rec("grad_accum_steps")
     assert m * acc == 32
     bigger = [d for d in (2 * m, 32) if 32 % d == 0 and d > m]
     if bigger:  # the next divisor would not fit

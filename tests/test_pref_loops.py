@@ -24,7 +24,7 @@ def prefs(tmp_path_factory):
 def base_args(tmp_path, model, name, data_file, **extra):
     kw = {"name": name, "out_dir": str(tmp_path), "model.path": str(model), "data.train": str(data_file),
           "data.eval": str(data_file), "training.total_steps": 3, "training.global_batch_pairs": 4,
-          "training.micro_batch_pairs": 2, "training.eval_every": 0, "training.save_every": 0, "data.max_seq_len": 32}
+          "training.micro_batch": 2, "training.eval_every": 0, "training.save_every": 0, "data.max_seq_len": 32}
     kw.update(extra)
     return [f"{k}={v}" for k, v in kw.items()]
 
@@ -44,7 +44,7 @@ def test_preference_lines_are_validated_with_file_and_line(tmp_path):
 
 def test_dpo_starts_at_log2_and_learns_the_preference(tmp_path, qwen_dir, prefs):
     args = base_args(tmp_path, qwen_dir, "dpo", prefs, **{"training.total_steps": 8, "optim.lr": 1e-2, "optim.warmup_ratio": 0,
-                                                        "dpo.beta": 0.5, "training.micro_batch_pairs": 4})
+                                                        "dpo.beta": 0.5, "training.micro_batch": 4})
     assert cli.main(["dpo", "-c", "dpo_tiny", *args]) == 0
     rows = tracking.read_metrics(tmp_path / "dpo")
     train = [r for r in rows if "loss/train" in r]
@@ -130,6 +130,23 @@ def test_ppo_with_lora_and_the_heuristic_reward(tmp_path, qwen_dir):
                                                              "reward.source": "heuristic"})) == 0
     train = [r for r in tracking.read_metrics(tmp_path / "lppo") if "reward/score" in r]
     assert "reward/heuristic" in train[0]
+
+
+def test_ppo_micro_batching_changes_memory_not_the_update(tmp_path, qwen_dir):
+    """A minibatch run in micro-batches of 2 takes the same optimizer step as in one forward: its token
+    count is fixed before the micro-batches, and every loss term is a sum over it."""
+    rows = {}
+    for micro in (8, 2):
+        assert cli.main(ppo_args(tmp_path, qwen_dir, f"m{micro}", **{
+            "training.total_steps": 1, "ppo.minibatch_seqs": 8, "ppo.num_ppo_epochs": 1, "optim.lr": 1e-3,
+            "training.micro_batch": micro})) == 0
+        rows[micro] = [r for r in tracking.read_metrics(tmp_path / f"m{micro}") if "reward/score" in r][0]
+    for k in ("reward/score", "loss/policy", "value/loss", "entropy/mean", "ppo/approx_kl", "value/clip_frac"):
+        assert rows[2][k] == pytest.approx(rows[8][k], rel=1e-5, abs=1e-7), k
+    a, b = weights(tmp_path / "m8/checkpoints/step_1"), weights(tmp_path / "m2/checkpoints/step_1")
+    start = {k.split(":", 1)[1]: v for k, v in weights(qwen_dir).items()}
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(v, start[k.split(":", 1)[1]]) for k, v in a.items())  # the step did move the policy
 
 
 def weights(folder):
@@ -297,9 +314,9 @@ name: p
 out_dir: {tmp_path}
 stages:
   - {{name: sft, kind: sft, config: sft_tiny, overrides: [model.path={qwen_dir}, training.total_steps=2,
-      training.global_batch_seqs=8, training.micro_batch_seqs=8, data.arithmetic.n_train=16, data.eval=null]}}
+      training.global_batch_seqs=8, training.micro_batch=8, data.arithmetic.n_train=16, data.eval=null]}}
   - {{name: rm, kind: rm, config: rm_tiny, model_from: sft, overrides: [data.train={prefs}, data.eval=null,
-      training.total_steps=2, training.global_batch_pairs=4, training.micro_batch_pairs=4, data.max_seq_len=32]}}
+      training.total_steps=2, training.global_batch_pairs=4, training.micro_batch=4, data.max_seq_len=32]}}
   - {{name: ppo, kind: ppo, config: ppo_tiny, model_from: sft, reward_from: rm, overrides: [training.total_steps=1,
       ppo.rollout_size=4, ppo.minibatch_seqs=4, ppo.num_ppo_epochs=1, eval.max_examples=2, task.arithmetic.n_eval=2,
       sampling.max_new_tokens=3, eval.max_new_tokens=3]}}

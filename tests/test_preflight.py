@@ -95,7 +95,7 @@ def test_gradient_check_catches_broken_accumulation(tmp_path, qwen_dir, capsys, 
 
 def test_dpo_config_is_go(tmp_path, qwen_dir, capsys):
     over = [f"model.path={qwen_dir}", f"out_dir={tmp_path}", "data.n_train=16", "data.n_eval=4",
-            "training.global_batch_pairs=4", "training.micro_batch_pairs=2", "training.total_steps=3"]
+            "training.global_batch_pairs=4", "training.micro_batch=2", "training.total_steps=3"]
     rc, rep = _run(capsys, "dpo_tiny", over, "--examples", "1")
     assert rc == 0 and rep["go"] is True, rep["checks"]
     assert [e["side"] for e in rep["examples"]] == ["chosen", "rejected"]

@@ -101,7 +101,7 @@ def test_builtin_math_task_r1_zero_and_question_only():
 
 def grpo_args(tmp_path, model_dir, name, **extra):
     base = {"name": name, "out_dir": str(tmp_path), "model.path": str(model_dir), "training.total_steps": 2,
-            "rl.prompts_per_step": 4, "rl.group_size": 4, "rl.micro_batch_seqs": 8, "sampling.max_new_tokens": 4,
+            "rl.prompts_per_step": 4, "rl.group_size": 4, "training.micro_batch": 8, "sampling.max_new_tokens": 4,
             "eval.max_examples": 8, "eval.max_new_tokens": 4, "task.arithmetic.n_eval": 8, "optim.lr": 1e-3}
     base.update(extra)
     return ["grpo", "-c", "grpo_tiny", *[f"{k}={v}" for k, v in base.items()]]
@@ -188,8 +188,8 @@ def test_grpo_resume_2_plus_2_equals_4(tmp_path, qwen_dir):
 
 
 def test_expert_iteration_cli_run(tmp_path, qwen_dir):
-    args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "ei.n_ei_steps=2",
-            "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "ei.micro_batch_seqs=4",
+    args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "training.total_steps=2",
+            "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "training.micro_batch=4",
             "eval.max_examples=8", "task.arithmetic.n_eval=8", "sampling.max_new_tokens=4", "eval.max_new_tokens=4"]
     assert cli.main(args) == 0
     rows = tracking.read_metrics(tmp_path / "ei")

@@ -7,6 +7,7 @@ import torch
 from alignlab import cli, rollout, tracking
 from alignlab.config import ConfigError, SamplingConfig
 from alignlab.logprobs import get_response_log_probs
+from alignlab.rollout import hf as rollout_hf
 
 PROMPTS = ["12+3=", "a much longer prompt here 7-3=", "9", "think about it"]
 
@@ -120,18 +121,18 @@ def test_prompts_are_bucketed_so_shapes_repeat(models, monkeypatch):
     output: the completions equal those of the unbucketed loop."""
     model, tok = models["qwen2"]
     shapes = []
-    real = rollout._static_cache_and_step
-    monkeypatch.setattr(rollout, "_static_cache_and_step",
+    real = rollout_hf._static_cache_and_step
+    monkeypatch.setattr(rollout_hf, "_static_cache_and_step",
                         lambda m, b, length, g: shapes.append((b, length)) or real(m, b, length, g))
     outs = {}
-    for bucket in (1, rollout.PROMPT_BUCKET):
-        monkeypatch.setattr(rollout, "PROMPT_BUCKET", bucket)
+    for bucket in (1, rollout_hf.PROMPT_BUCKET):
+        monkeypatch.setattr(rollout_hf, "PROMPT_BUCKET", bucket)
         shapes.clear()
         outs[bucket] = [rollout.generate(model, tok, p, max_new_tokens=6, decode="static").completion_ids
                         for p in (["1+2="], ["12+3=", "7-9="], ["a longer prompt 4+4="])]
         lengths = {length for _, length in shapes}
         assert len(lengths) == (1 if bucket > 1 else 3), (bucket, shapes)
-    assert outs[1] == outs[rollout.PROMPT_BUCKET]
+    assert outs[1] == outs[16]
 
 
 def test_cuda_graphs_are_refused_without_cuda(models):
@@ -146,7 +147,7 @@ def test_cuda_graphs_are_refused_without_cuda(models):
 
 def test_grpo_with_static_decode_is_on_policy(tmp_path, qwen_dir):
     args = ["grpo", "-c", "grpo_tiny", f"out_dir={tmp_path}", f"model.path={qwen_dir}", "name=s",
-            "training.total_steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "rl.micro_batch_seqs=8",
+            "training.total_steps=2", "rl.prompts_per_step=4", "rl.group_size=4", "training.micro_batch=8",
             "sampling.max_new_tokens=4", "sampling.hf_decode=static", "eval.max_examples=8", "eval.max_new_tokens=4",
             "task.arithmetic.n_eval=8"]
     assert cli.main(args) == 0
@@ -161,10 +162,10 @@ def test_graphed_decoding_reuses_one_cache_and_one_compiled_step_per_shape(model
     """A new cache or compiled closure per call would make torch.compile capture the CUDA graphs again
     for every batch; the same shape gets the same (zeroed) cache and the same compiled step."""
     model, _ = models["qwen2"]
-    c1, s1 = rollout._static_cache_and_step(model, 4, 20, graphs=True)
-    c2, s2 = rollout._static_cache_and_step(model, 4, 20, graphs=True)
-    c3, _ = rollout._static_cache_and_step(model, 4, 24, graphs=True)
+    c1, s1 = rollout_hf._static_cache_and_step(model, 4, 20, graphs=True)
+    c2, s2 = rollout_hf._static_cache_and_step(model, 4, 20, graphs=True)
+    c3, _ = rollout_hf._static_cache_and_step(model, 4, 24, graphs=True)
     assert c1 is c2 and s1 is s2 and c3 is not c1
-    e1, _ = rollout._static_cache_and_step(model, 4, 20, graphs=False)
-    e2, _ = rollout._static_cache_and_step(model, 4, 20, graphs=False)
+    e1, _ = rollout_hf._static_cache_and_step(model, 4, 20, graphs=False)
+    e2, _ = rollout_hf._static_cache_and_step(model, 4, 20, graphs=False)
     assert e1 is not e2  # eager decoding keeps a fresh cache per call

@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignlab import cli, rollout, rollout_vllm, tracking
+from alignlab import cli, rollout, tracking
 from alignlab.config import ConfigError
+from alignlab.rollout import vllm as rollout_vllm
 
 import fake_vllm
 from test_rl_loops import grpo_args
@@ -172,8 +173,8 @@ def test_truncated_importance_sampling_reweights_top_p_samples(tmp_path, qwen_di
 
 
 def test_expert_iteration_and_eval_on_the_vllm_backend(tmp_path, qwen_dir, fake_engine):
-    args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "ei.n_ei_steps=2",
-            "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "ei.micro_batch_seqs=4",
+    args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "training.total_steps=2",
+            "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "training.micro_batch=4",
             "eval.max_examples=8", "task.arithmetic.n_eval=8", "sampling.max_new_tokens=4", "eval.max_new_tokens=4",
             "sampling.backend=vllm"]
     assert cli.main(args) == 0

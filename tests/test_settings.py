@@ -22,8 +22,7 @@ def test_log_every_sets_the_console_progress_cadence(tmp_path, qwen_dir, capsys)
 
 @pytest.mark.parametrize("schema", ["SFTConfig", "EIConfig", "GRPOConfig", "DPOConfig", "RMConfig", "PPOConfig"])
 def test_every_loop_takes_log_every(schema):
-    steps = ["training.total_steps=1"] if schema != "EIConfig" else []  # EI counts rounds in ei.n_ei_steps
-    cfg = C.load_config(getattr(C, schema), None, ["training.log_every=5", *steps])
+    cfg = C.load_config(getattr(C, schema), None, ["training.log_every=5", "training.total_steps=1"])
     assert cfg.training.log_every == 5
 
 
@@ -35,8 +34,8 @@ def test_packing_is_refused_for_preference_pairs(schema, packaged):
 
 
 def test_expert_iteration_evaluates_every_eval_every_rounds(tmp_path, qwen_dir):
-    args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "ei.n_ei_steps=2",
-            "ei.questions_per_round=2", "ei.group_size=2", "ei.global_batch_seqs=2", "ei.micro_batch_seqs=2",
+    args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "training.total_steps=2",
+            "ei.questions_per_round=2", "ei.group_size=2", "ei.global_batch_seqs=2", "training.micro_batch=2",
             "eval.max_examples=2", "task.arithmetic.n_eval=2", "sampling.max_new_tokens=3", "eval.max_new_tokens=3",
             "training.eval_every=2"]
     assert cli.main(args) == 0

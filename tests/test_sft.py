@@ -32,7 +32,7 @@ def test_gradient_accumulation_8x1_equals_2x4(tmp_path, qwen_dir, normalizer):
 
     grads, step_losses = {}, {}
     for micro in (1, 4):
-        cfg = load_sft(tmp_path, qwen_dir, f"acc{micro}", **{"training.micro_batch_seqs": micro,
+        cfg = load_sft(tmp_path, qwen_dir, f"acc{micro}", **{"training.micro_batch": micro,
                                                              "training.loss_normalizer": normalizer})
         policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, "fp32")
         train = data.encode(data.load_examples(cfg.data.train, cfg.data, "train", 0), tok, cfg.data)
@@ -48,15 +48,15 @@ def test_gradient_accumulation_8x1_equals_2x4(tmp_path, qwen_dir, normalizer):
 
 def test_loop_reports_the_same_step_losses_for_any_micro_batching(tmp_path, qwen_dir):
     kw = {"training.total_steps": 2, "data.eval": "null"}
-    a = load_sft(tmp_path, qwen_dir, "l1", **kw, **{"training.micro_batch_seqs": 1})
-    b = load_sft(tmp_path, qwen_dir, "l8", **kw, **{"training.micro_batch_seqs": 8})
+    a = load_sft(tmp_path, qwen_dir, "l1", **kw, **{"training.micro_batch": 1})
+    b = load_sft(tmp_path, qwen_dir, "l8", **kw, **{"training.micro_batch": 8})
     sft.main(a)
     sft.main(b)
     assert train_losses(a.run_dir) == pytest.approx(train_losses(b.run_dir), rel=1e-5)
 
 
 def test_packing_trains_with_the_same_step_losses_as_padding(tmp_path, qwen_dir):
-    kw = {"training.total_steps": 2, "data.eval": "null", "training.micro_batch_seqs": 8}
+    kw = {"training.total_steps": 2, "data.eval": "null", "training.micro_batch": 8}
     padded = load_sft(tmp_path, qwen_dir, "padded", **kw)
     packed = load_sft(tmp_path, qwen_dir, "packed", **kw, **{"data.packing": "true", "data.max_seq_len": 32})
     sft.main(padded)

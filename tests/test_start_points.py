@@ -46,17 +46,17 @@ def starts(tmp_path_factory, qwen_dir):
 def loop_config(algo, tmp_path, start, prefs):
     common = [f"out_dir={tmp_path}", f"name={algo}", f"model.path={start}"]
     pref = [f"data.train={prefs}", "data.eval=null", "training.total_steps=1", "training.global_batch_pairs=2",
-            "training.micro_batch_pairs=2", "data.max_seq_len=32"]
+            "training.micro_batch=2", "data.max_seq_len=32"]
     rl = ["sampling.max_new_tokens=3", "eval.max_examples=2", "eval.max_new_tokens=3", "task.arithmetic.n_eval=2"]
     args = {
         "sft": ("SFTConfig", "sft_tiny", sft_overrides(tmp_path, start, "sft", **{"training.total_steps": 1,
                                                                                   "data.eval": "null"})),
-        "ei": ("EIConfig", "ei_tiny", common + rl + ["ei.n_ei_steps=1", "ei.questions_per_round=2", "ei.group_size=2",
-                                                     "ei.global_batch_seqs=2", "ei.micro_batch_seqs=2"]),
+        "ei": ("EIConfig", "ei_tiny", common + rl + ["training.total_steps=1", "ei.questions_per_round=2", "ei.group_size=2",
+                                                     "ei.global_batch_seqs=2", "training.micro_batch=2"]),
         "dpo": ("DPOConfig", "dpo_tiny", common + pref),
         "rm": ("RMConfig", "rm_tiny", common + pref),
         "grpo": ("GRPOConfig", "grpo_tiny", common + rl + ["training.total_steps=1", "rl.prompts_per_step=2",
-                                                           "rl.group_size=2", "rl.micro_batch_seqs=4"]),
+                                                           "rl.group_size=2", "training.micro_batch=4"]),
         "ppo": ("PPOConfig", "ppo_tiny", common + rl + ["training.total_steps=1", "ppo.rollout_size=2",
                                                         "ppo.minibatch_seqs=2", "ppo.num_ppo_epochs=1"]),
     }[algo]
@@ -100,11 +100,11 @@ name: p
 out_dir: {tmp_path}
 stages:
   - {{name: sft, kind: sft, config: sft_tiny, overrides: [model.path={qwen_dir}, lora.enabled=true, lora.r=4,
-      optim.lr=1e-2, training.total_steps=2, training.global_batch_seqs=4, training.micro_batch_seqs=4,
+      optim.lr=1e-2, training.total_steps=2, training.global_batch_seqs=4, training.micro_batch=4,
       data.arithmetic.n_train=16, data.eval=null]}}
   - {{name: dpo, kind: dpo, config: dpo_tiny, model_from: sft, overrides: [lora.enabled=true, lora.r=4, optim.lr=1e-2,
       data.train={prefs}, data.eval=null, training.total_steps=2, training.global_batch_pairs=2,
-      training.micro_batch_pairs=2, data.max_seq_len=32]}}
+      training.micro_batch=2, data.max_seq_len=32]}}
 """)
     assert cli.main(["pipeline", "-c", str(cfg)]) == 0
     sft, dpo = tmp_path / "p/sft/checkpoints/step_2", tmp_path / "p/dpo/checkpoints/step_2"

@@ -58,7 +58,7 @@ def test_a_token_budget_accumulates_the_same_update(tmp_path, qwen_dir, monkeypa
 
 
 def test_sft_cli_reads_the_token_budget(tmp_path, qwen_dir):
-    kw = {"training.total_steps": 2, "data.eval": "null", "training.micro_batch_seqs": 8}
+    kw = {"training.total_steps": 2, "data.eval": "null", "training.micro_batch": 8}
     a = load_sft(tmp_path, qwen_dir, "fixed", **kw)
     b = load_sft(tmp_path, qwen_dir, "budget", **kw, **{"training.max_tokens_per_micro_batch": 40})
     sft.main(a)

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from alignlab import cli, rollout_vllm, tracking
+from alignlab import cli, tracking
+from alignlab.rollout import vllm as rollout_vllm
 
 vllm = pytest.importorskip("vllm")
 if not (torch.cuda.is_available() or rollout_vllm._vllm_cpu_build()):
@@ -20,7 +21,7 @@ TOL = 1e-4 if not torch.cuda.is_available() else 0.1
 
 def _grpo(tmp_path, model_dir, name, **extra):
     base = {"name": name, "out_dir": str(tmp_path), "model.path": str(model_dir), "training.total_steps": 3,
-            "rl.prompts_per_step": 4, "rl.group_size": 4, "rl.micro_batch_seqs": 8, "sampling.max_new_tokens": 8,
+            "rl.prompts_per_step": 4, "rl.group_size": 4, "training.micro_batch": 8, "sampling.max_new_tokens": 8,
             "eval.max_examples": 16, "eval.max_new_tokens": 8, "task.arithmetic.n_eval": 16, "optim.lr": 1e-2,
             "sampling.backend": "vllm", "sampling.vllm.enforce_eager": "true"}
     base.update(extra)
@@ -81,8 +82,8 @@ def test_eval_of_an_adapter_folder_pushes_the_merged_weights(tmp_path, qwen_dir)
 
 
 def test_ei_and_ppo_run_on_real_vllm(tmp_path, qwen_dir, odd_length_reward):
-    ei = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "ei.n_ei_steps=2",
-          "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "ei.micro_batch_seqs=4",
+    ei = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", "name=ei", f"model.path={qwen_dir}", "training.total_steps=2",
+          "ei.questions_per_round=8", "ei.group_size=4", "ei.global_batch_seqs=8", "training.micro_batch=4",
           "eval.max_examples=8", "task.arithmetic.n_eval=8", "sampling.max_new_tokens=4", "eval.max_new_tokens=4",
           "sampling.backend=vllm", "sampling.vllm.enforce_eager=true"]
     assert cli.main(ei) == 0 and len(tracking.read_metrics(tmp_path / "ei")) == 3

@@ -5,8 +5,8 @@ device), and one step of its shape runs: micro-batch x max sequence length of ra
 last sequence right-padded as in plan --measure. Phases:
 - sft: forward, backward, optimizer;
 - dpo: reference (a no-grad forward: LoRA adapters disabled, or the same weights for a copy),
-  forward, backward, optimizer, on chosen + rejected (2 x micro_batch_pairs sequences);
-- grpo: rollout (generate() of micro_batch_seqs completions of sampling.max_new_tokens after a
+  forward, backward, optimizer, on chosen + rejected (2 x training.micro_batch sequences);
+- grpo: rollout (generate() of training.micro_batch completions of sampling.max_new_tokens after a
   16-token prompt), reference when rl.kl_coef > 0, then forward, backward, optimizer.
 One untracked step runs first so that the optimizer states exist. Measured as `plan --measure`
 measures (plan/measure.py): live tensor bytes per phase on CPU and MPS, torch.cuda.max_memory_allocated
@@ -51,11 +51,11 @@ class Shape:
 
 def shape_of(task: str, cfg) -> Shape:
     if task == "sft":
-        return Shape("sft", cfg.training.micro_batch_seqs, cfg.data.max_seq_len)
+        return Shape("sft", cfg.training.micro_batch, cfg.data.max_seq_len)
     if task == "dpo":
-        return Shape("dpo", 2 * cfg.training.micro_batch_pairs, cfg.data.max_seq_len, reference=True)
+        return Shape("dpo", 2 * cfg.training.micro_batch, cfg.data.max_seq_len, reference=True)
     gen = cfg.sampling.max_new_tokens
-    return Shape("grpo", cfg.rl.micro_batch_seqs, PROMPT_TOKENS + gen, gen=gen, reference=cfg.rl.kl_coef > 0)
+    return Shape("grpo", cfg.training.micro_batch, PROMPT_TOKENS + gen, gen=gen, reference=cfg.rl.kl_coef > 0)
 
 
 def planner_setup(task: str, cfg, shape: Shape, device: str):

@@ -64,7 +64,7 @@ def make_eval_sampler(path: str, args):
 
     from ..config import LoRAConfig, ModelConfig, VLLMConfig
     from ..models import adapter_base, load_tokenizer
-    from ..rollout_vllm import VLLMSampler, check_available
+    from ..rollout.vllm import VLLMSampler, check_available
 
     check_available()  # before loading anything
     model, tok = load_for_inference(path) if adapter_base(path) else (None, load_tokenizer(path))

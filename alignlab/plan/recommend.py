@@ -159,11 +159,11 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
     peak = est.peak
     R(Rec("precision", s.precision, precision_reason or s.precision))
     if fits:
-        R(Rec("micro_batch_seqs", s.micro_batch,
+        R(Rec("micro_batch", s.micro_batch,
               f"largest divisor of the target batch {target} whose peak {peak / GiB:.2f} GiB fits "
               f"{opts.margin:.0%} of {usable / GiB:.1f} GiB usable ({est.peak_phase.name})"))
     else:
-        R(Rec("micro_batch_seqs", None,
+        R(Rec("micro_batch", None,
               f"does not fit: micro-batch 1 peaks at {peak / GiB:.2f} GiB > budget {budget / GiB:.2f} GiB "
               f"({est.peak_phase.name}); {_alternatives(arch, setup, budget)}"))
         plan.warnings.append("the configuration does not fit on this device")

@@ -45,10 +45,10 @@ def to_json(plan: Plan) -> str:
 def to_yaml(plan: Plan, model_path: str) -> str:
     """A config that the matching alignlab command loads as it is (`alignlab <task> -c FILE`).
 
-    The planner's sequences per optimizer step and per forward map onto each schema:
-    sft training.global/micro_batch_seqs; dpo training.global/micro_batch_pairs; grpo
-    rl.prompts_per_step x rl.group_size and rl.micro_batch_seqs; ppo ppo.rollout_size and
-    ppo.minibatch_seqs (one forward per optimizer step). The rollout batch becomes the prompts per
+    The planner's sequences per forward are training.micro_batch in every schema; its sequences per
+    optimizer step map onto sft training.global_batch_seqs, dpo training.global_batch_pairs, grpo
+    rl.prompts_per_step x rl.group_size, and ppo ppo.rollout_size with ppo.minibatch_seqs = the
+    micro-batch (one forward per optimizer step). The rollout batch becomes the prompts per
     generate() call (sampling.batch_size)."""
     import yaml
 
@@ -69,10 +69,10 @@ def to_yaml(plan: Plan, model_path: str) -> str:
     }
     training: dict[str, Any] = {"total_steps": plan.rec("total_steps"), "precision": s.precision}
     if s.task == "sft":
-        training.update(global_batch_seqs=eff, micro_batch_seqs=s.micro_batch)
+        training.update(global_batch_seqs=eff)
         cfg["data"] = {"max_seq_len": s.seq_len}
     elif s.task == "dpo":
-        training.update(global_batch_pairs=eff, micro_batch_pairs=s.micro_batch)
+        training.update(global_batch_pairs=eff)
         cfg["data"] = {"max_seq_len": s.seq_len}
         cfg["dpo"] = {"beta": plan.rec("dpo_beta"), "reference": "precomputed" if s.ref_precomputed else "auto"}
     else:
@@ -85,12 +85,13 @@ def to_yaml(plan: Plan, model_path: str) -> str:
                                                          "max_model_len": s.prompt_len + s.gen_len})
         if s.task == "grpo":
             cfg["rl"] = {"prompts_per_step": plan.rec("prompts_per_step"), "group_size": group,
-                         "micro_batch_seqs": s.micro_batch, "kl_coef": plan.rec("kl_coef")}
+                         "kl_coef": plan.rec("kl_coef")}
         else:
             cfg["ppo"] = {"rollout_size": eff, "minibatch_seqs": s.micro_batch,
                           "critic": "separate" if s.value_model else "shared"}
             if not s.ref_model:
                 cfg["ppo"]["kl_coef"] = 0.0
+    training["micro_batch"] = s.micro_batch  # rows per forward in every schema
     cfg["training"] = training
     head = (f"# alignlab {s.task} config written by `alignlab plan` for {plan.gpu.name}: predicted peak "
             f"{plan.est.peak / GiB:.2f} GiB of a {plan.budget / GiB:.2f} GiB budget ({plan.est.peak_phase.name}).\n"

@@ -110,8 +110,8 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
         if path.exists():  # written before step 1 of this run: a resume must not recompute from the trained policy
             cache = torch.load(path)
         else:
-            cache = {"train": reference_logps(policy, train, tok.pad_token_id, device, prec, t.micro_batch_pairs, False),
-                     "eval": reference_logps(policy, held, tok.pad_token_id, device, prec, t.micro_batch_pairs, False)}
+            cache = {"train": reference_logps(policy, train, tok.pad_token_id, device, prec, t.micro_batch, False),
+                     "eval": reference_logps(policy, held, tok.pad_token_id, device, prec, t.micro_batch, False)}
             torch.save(cache, path.with_suffix(".tmp"))  # renamed when complete: a kill mid-write leaves no torn cache
             path.with_suffix(".tmp").replace(path)
 
@@ -133,8 +133,8 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     def evaluate() -> dict:
         policy.eval()
         sums: dict[str, float] = {}
-        for i in range(0, len(held), t.micro_batch_pairs):
-            idx = list(range(i, min(i + t.micro_batch_pairs, len(held))))
+        for i in range(0, len(held), t.micro_batch):
+            idx = list(range(i, min(i + t.micro_batch, len(held))))
             pairs = [held[j] for j in idx]
             lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec)
             loss, stats = LOSSES[d.loss](lp, ref_for("eval", idx, pairs), n, d)
@@ -161,8 +161,8 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
             idx_all = sampler.indices(step)
             n_pairs = len(idx_all)  # the step's normaliser, fixed before the micro-batches
             agg: dict[str, float] = {}
-            for i in range(0, n_pairs, t.micro_batch_pairs):
-                idx = idx_all[i : i + t.micro_batch_pairs]
+            for i in range(0, n_pairs, t.micro_batch):
+                idx = idx_all[i : i + t.micro_batch]
                 pairs = [train[j] for j in idx]
                 lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec)
                 per_pair, stats = LOSSES[d.loss](lp, ref_for("train", idx, pairs), n, d)

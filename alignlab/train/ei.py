@@ -1,7 +1,7 @@
 """Expert iteration: sample, keep what the verifier accepts, fine-tune on it, repeat.
 
-Each round samples `group_size` completions for `questions_per_round` training questions
-(temperature from `sampling`). It keeps the correct ones (each distinct completion of a question
+Each of `training.total_steps` rounds samples `group_size` completions for `questions_per_round`
+training questions (temperature from `sampling`). It keeps the correct ones (each distinct completion of a question
 once, with `dedupe`) and runs `sft_epochs` passes of SFT over them, using the SFT loop's own
 step (`step.accumulate_step`: response-token NLL normalised over the optimizer step). It logs how
 many questions had at least one correct sample, then evaluates greedy held-out accuracy every
@@ -44,7 +44,7 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     # An upper bound on updates (every sample correct) sizes the schedule.
-    max_updates = e.n_ei_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)
+    max_updates = t.total_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)
     opt, sched = optim.build(policy, cfg.optim, max_updates)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
@@ -55,8 +55,8 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
         run.log(0, **metrics)
         run.samples(0, rows)
 
-    with run.progress(e.n_ei_steps, start, cfg.name, every=t.log_every) as bar:
-        for rnd in range(start, e.n_ei_steps):
+    with run.progress(t.total_steps, start, cfg.name, every=t.log_every) as bar:
+        for rnd in range(start, t.total_steps):
             t0 = time.perf_counter()
             examples = task.sample_train(e.questions_per_round, rnd)
             ro = sampler.generate([x["prompt"] for x in examples], max_new_tokens=s.max_new_tokens, n=e.group_size,
@@ -73,8 +73,8 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
                 for b in range(0, len(order), e.global_batch_seqs):
                     batch = [items[i] for i in order[b : b + e.global_batch_seqs]]
                     loss, seen = accumulate_step(policy, batch, tok.pad_token_id, device, prec,
-                                                 micro_batch_seqs=e.micro_batch_seqs, normalizer=e.loss_normalizer,
-                                                 scaler=scaler)
+                                                 micro_batch_seqs=t.micro_batch, normalizer=e.loss_normalizer,
+                                                 scaler=scaler, max_tokens=t.max_tokens_per_micro_batch)
                     optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler, guard=run.watchdog.guard(rnd + 1, loss))
                     losses_.append(loss)
                     n_updates += 1
@@ -84,12 +84,12 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
             done = rnd + 1
             # a round's held-out evaluation joins the round's row (one metrics row per round)
             evaluated = (tasks.evaluate_run(policy, tok, task, cfg, sampler)
-                         if run.due(done, t.eval_every, e.n_ei_steps) else None)
+                         if run.due(done, t.eval_every, t.total_steps) else None)
             found = (per_q.max(1).values > 0).float().mean().item()
             train_loss = sum(losses_) / max(len(losses_), 1)
             bar.console.print(f"round {done}: kept {len(items)} samples, {100 * found:.0f}% of questions had a correct one"
                               + (f", held-out accuracy {evaluated[0]['eval/accuracy']:.3f}" if evaluated else ""))
-            run.end_step(done, e.n_ei_steps, {
+            run.end_step(done, t.total_steps, {
                 "ei/questions_with_correct_frac": found, "ei/kept_samples": len(items), "ei/updates": n_updates,
                 "reward/mean": per_q.mean().item(), "loss/train": train_loss,
                 "lr": sched.get_last_lr()[0], "time/rollout": t1 - t0, "time/train": t2 - t1,

@@ -121,8 +121,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             batch = ro.tensors(tok.pad_token_id)
             batch.update(rewards=rewards, advantages=adv)
             t2 = time.perf_counter()
-            mbs = [{k: v[i : i + rl.micro_batch_seqs].to(device) for k, v in batch.items()}
-                   for i in range(0, n_seqs, rl.micro_batch_seqs)]
+            mbs = [{k: v[i : i + t.micro_batch].to(device) for k, v in batch.items()}
+                   for i in range(0, n_seqs, t.micro_batch)]
             # Old log-probs need their own pass only when later epochs go off-policy; on-policy, the
             # sampling policy is the policy of the training forward itself (ratio == 1 by construction).
             off_policy = rl.epochs_per_rollout_batch > 1

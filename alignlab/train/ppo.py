@@ -11,8 +11,9 @@ Each rollout step:
    and whiten them.
 4. Run `num_ppo_epochs` passes over shuffled minibatches, one optimizer step each:
    clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, each a token mean
-   over the minibatch. A rollout's remaining epochs are skipped when the approximate KL exceeds
-   `early_stop_kl`.
+   over the minibatch. A minibatch runs in micro-batches of `training.micro_batch` sequences (default:
+   the whole minibatch); its token count is fixed first, so only memory depends on the micro-batch.
+   A rollout's remaining epochs are skipped when the approximate KL exceeds `early_stop_kl`.
 5. Update kl_coef: fixed, or the adaptive controller towards `kl_target` (nats per sequence).
 
 The critic (`ppo.critic`: a value head on the policy, a separate critic LM, or a second LoRA adapter)
@@ -96,29 +97,36 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
                 perm = torch.randperm(p.rollout_size, generator=g).tolist()
                 epoch_kl = 0.0
-                for i in range(0, p.rollout_size, p.minibatch_seqs):
-                    idx = torch.tensor(perm[i : i + p.minibatch_seqs], device=device)
-                    mb = {k: v[idx] for k, v in batch.items()}
-                    m = mask[idx]
-                    n_tok = max(int(m.sum()), 1)
-                    out, values = critics.forward(policy, critic, mb, s.temperature, prec, device, entropy=True,
-                                                  entropy_grad=p.entropy_coef > 0)
-                    pg, meta = losses.pg_clip_asymmetric(adv[idx], out["log_probs"], old_logps[idx], p.clip, p.clip)
-                    pg_loss = losses.masked_normalize(pg, m, normalize_constant=n_tok)
-                    vf_loss, vstats = losses.value_loss_clipped(values, old_values[idx], returns[idx], m, p.value_clip, n_tok)
-                    ent = losses.masked_normalize(out["token_entropy"], m, normalize_constant=n_tok)
-                    loss = pg_loss + p.vf_coef * vf_loss - p.entropy_coef * ent
-                    critic.backward(pg_loss - p.entropy_coef * ent, p.vf_coef * vf_loss, scaler)
+                for i in range(0, p.rollout_size, p.minibatch_seqs):  # one optimizer step per minibatch
+                    rows = perm[i : i + p.minibatch_seqs]
+                    n_tok = max(int(mask[torch.tensor(rows, device=device)].sum()), 1)  # fixed before its micro-batches
+                    step_loss, step_ent = 0.0, 0.0
+                    for j in range(0, p.minibatch_seqs, t.micro_batch):  # every term is a sum / n_tok: they add up
+                        idx = torch.tensor(rows[j : j + t.micro_batch], device=device)
+                        mb = {k: v[idx] for k, v in batch.items()}
+                        m = mask[idx]
+                        out, values = critics.forward(policy, critic, mb, s.temperature, prec, device, entropy=True,
+                                                      entropy_grad=p.entropy_coef > 0)
+                        pg, meta = losses.pg_clip_asymmetric(adv[idx], out["log_probs"], old_logps[idx], p.clip, p.clip)
+                        pg_loss = losses.masked_normalize(pg, m, normalize_constant=n_tok)
+                        vf_loss, vstats = losses.value_loss_clipped(values, old_values[idx], returns[idx], m, p.value_clip,
+                                                                    n_tok)
+                        ent = losses.masked_normalize(out["token_entropy"], m, normalize_constant=n_tok)
+                        loss = pg_loss + p.vf_coef * vf_loss - p.entropy_coef * ent
+                        critic.backward(pg_loss - p.entropy_coef * ent, p.vf_coef * vf_loss, scaler)
+                        step_loss, step_ent = step_loss + loss.item(), step_ent + ent.item()
+                        approx_kl = losses.masked_normalize(losses.kl_estimate(old_logps[idx], out["log_probs"].detach(),
+                                                                               "k3"), m, normalize_constant=n_tok).item()
+                        epoch_kl += approx_kl
+                        for k, v in (("loss/policy", pg_loss.item()), ("value/loss", vf_loss.item()),
+                                     ("entropy/mean", ent.item()), ("ppo/approx_kl", approx_kl),
+                                     ("value/clip_frac", vstats["value/clip_frac"].item()),
+                                     ("clip/frac", losses.masked_normalize(meta["clipped"].float(), m,
+                                                                           normalize_constant=n_tok).item())):
+                            agg[k] += v
                     optim.step(trainable, opt, sched, cfg.optim.max_grad_norm, scaler,
-                               guard=run.watchdog.guard(step + 1, loss.item(), {"entropy/mean": ent.item()}))
-                    approx_kl = losses.masked_normalize(losses.kl_estimate(old_logps[idx], out["log_probs"].detach(), "k3"),
-                                                        m, normalize_constant=n_tok).item()
-                    epoch_kl += approx_kl
+                               guard=run.watchdog.guard(step + 1, step_loss, {"entropy/mean": step_ent}))
                     n_mb += 1
-                    for k, v in (("loss/policy", pg_loss.item()), ("value/loss", vf_loss.item()), ("entropy/mean", ent.item()),
-                                 ("ppo/approx_kl", approx_kl), ("value/clip_frac", vstats["value/clip_frac"].item()),
-                                 ("clip/frac", losses.masked_normalize(meta["clipped"].float(), m, normalize_constant=n_tok).item())):
-                        agg[k] += v
                 epochs_run += 1
                 if p.early_stop_kl and epoch_kl / (p.rollout_size // p.minibatch_seqs) > p.early_stop_kl:
                     break

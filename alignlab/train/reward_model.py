@@ -60,8 +60,8 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
     def evaluate() -> dict:
         model.eval()
         right, margin = 0.0, 0.0
-        for i in range(0, len(held), t.micro_batch_pairs):
-            rc, rr = pair_scores(model, held[i : i + t.micro_batch_pairs], tok.pad_token_id, device, prec)
+        for i in range(0, len(held), t.micro_batch):
+            rc, rr = pair_scores(model, held[i : i + t.micro_batch], tok.pad_token_id, device, prec)
             right += (rc > rr).sum().item()
             margin += (rc - rr).sum().item()
         model.train()
@@ -77,8 +77,8 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
             idx_all = sampler.indices(step)
             n_pairs = len(idx_all)
             agg = {"loss/train": 0.0, "accuracy": 0.0, "margin": 0.0}
-            for i in range(0, n_pairs, t.micro_batch_pairs):
-                pairs = [train[j] for j in idx_all[i : i + t.micro_batch_pairs]]
+            for i in range(0, n_pairs, t.micro_batch):
+                pairs = [train[j] for j in idx_all[i : i + t.micro_batch]]
                 rc, rr = pair_scores(model, pairs, tok.pad_token_id, device, prec)
                 loss, stats = losses.bradley_terry(rc, rr, cfg.rm.center_coef)
                 loss = loss * len(pairs) / n_pairs  # mean over the step's pairs, whatever the micro-batching

@@ -28,7 +28,7 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
     model.eval()
     items = eval_set[: cfg.eval.max_examples]
     nll, n_tok = 0.0, 0
-    for mb in data.micro_batches(items, cfg.training.micro_batch_seqs, bucket=True,
+    for mb in data.micro_batches(items, cfg.training.micro_batch, bucket=True,
                                  max_tokens=cfg.training.max_tokens_per_micro_batch, packed=cfg.data.packing):
         batch = to_device(make_batch(mb, tok.pad_token_id, cfg.data.max_seq_len if cfg.data.packing else None), device)
         logps = micro_logps(model, batch, device, prec)
@@ -69,7 +69,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     trainable, total = models.count_parameters(policy)
     tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
                            f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
-                           f"({t.grad_accum_steps} micro-batches of {t.micro_batch_seqs})")
+                           f"({t.grad_accum_steps} micro-batches of {t.micro_batch})")
 
     if start == 0 and eval_set:  # the "before" row of every comparison
         metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
@@ -83,7 +83,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
             step_loss, n_seen = accumulate_step(
-                policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch_seqs,
+                policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch,
                 normalizer=t.loss_normalizer, bucket=cfg.data.length_bucketing,
                 packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler,
                 max_tokens=t.max_tokens_per_micro_batch)

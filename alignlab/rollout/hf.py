@@ -1,7 +1,8 @@
-"""Generation for evaluation and RL: one `generate()` interface.
+"""The Hugging Face backend (`sampling.backend=hf`, everywhere): `generate()` and `HFSampler`.
 
-Backends: Hugging Face `generate` with KV cache (everywhere), batched by prompt length and
-left-padded; vLLM on CUDA (optional, `sampling.backend=vllm`, see `alignlab/rollout_vllm.py`).
+Prompts are batched by length and left-padded. The decode loop is transformers' `generate` with its
+dynamic KV cache, or alignlab's own loop over a static KV cache, optionally in CUDA graphs
+(`sampling.hf_decode`, `decode_static`).
 
 Sampling log-probs: the HF backend applies temperature and top-p in its own logits processor,
 and tells `generate` to add no warpers of its own, so the distribution it records is exactly
@@ -12,36 +13,10 @@ piles up.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 
 import torch
 
-from .config import ConfigError
-
-
-@dataclass
-class Rollout:
-    prompts: list[str]                        # P prompts
-    completions: list[str]                    # P * n texts, the n samples of a prompt consecutive
-    prompt_ids: list[list[int]] = field(default_factory=list)       # P * n (repeated per sample)
-    completion_ids: list[list[int]] = field(default_factory=list)   # P * n, up to and including EOS/stop
-    sampling_logps: list[list[float]] | None = None                  # P * n, one per completion token
-    n: int = 1
-
-    def tensors(self, pad_id: int) -> dict[str, torch.Tensor]:
-        """Right-padded training tensors, each (B, T): input_ids, labels, response_mask,
-        attention_mask, and sampling_logps aligned with the response positions of `labels`."""
-        from .data import _pad_and_shift
-
-        seqs = [p + c for p, c in zip(self.prompt_ids, self.completion_ids)]
-        masks = [[False] * len(p) + [True] * len(c) for p, c in zip(self.prompt_ids, self.completion_ids)]
-        out = _pad_and_shift(seqs, masks, pad_id)
-        if self.sampling_logps is not None:
-            lp = torch.zeros(out["labels"].shape, dtype=torch.float32)
-            for i, (p, vals) in enumerate(zip(self.prompt_ids, self.sampling_logps)):
-                lp[i, len(p) - 1 : len(p) - 1 + len(vals)] = torch.tensor(vals, dtype=torch.float32)
-            out["sampling_logps"] = lp
-        return out
+from .common import Rollout, cut, starts_with_bos
 
 
 class _SampleAndRecord:
@@ -252,22 +227,6 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
                    sampling_logps=[x[3] for x in flat] if return_logprobs else None, n=n)
 
 
-def mismatch_stats(train_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """How far the sampler's log-probs are from the trainer's recompute, over response tokens:
-    exactly 0 on-policy with the HF backend at top_p=1; nonzero with top-p, half precision or vLLM."""
-    d = (train_logps.float() - sampling_logps.float())[mask.bool()]
-    if d.numel() == 0:
-        return {}
-    return {"mismatch/logp_abs_mean": d.abs().mean().item(), "mismatch/logp_abs_max": d.abs().max().item(),
-            "mismatch/ratio_mean": d.exp().mean().item()}
-
-
-def step_seed(run_seed: int, step: int, draw: int = 0) -> int:
-    """The sampling seed of a loop's step (and of a redraw within it): rollouts are a function of
-    (run seed, step), so a resumed run samples what the uninterrupted one did (vLLM backend)."""
-    return run_seed * 7919 + step * 31 + draw
-
-
 class HFSampler:
     """`generate()` on the policy itself with transformers: nothing to sync after an update.
     (The torch RNG it samples with is saved in checkpoints, so `seed` is not needed for exact resume.)"""
@@ -283,44 +242,3 @@ class HFSampler:
     def generate(self, prompts: list[str], *, seed: int | None = None, batch_size: int | None = None, **kw) -> Rollout:
         return generate(self.model, self.tokenizer, prompts, batch_size=batch_size or self.batch_size,
                         decode=self.decode, **kw)
-
-
-def make_sampler(sampling, policy, tokenizer, model_cfg, lora_cfg, precision, seed: int = 0):
-    """The rollout engine a loop samples from: `sampling.backend` hf (anywhere) or vllm (CUDA).
-    Both return the same `Rollout`; call `.sync()` after each optimizer update."""
-    if sampling.backend == "hf":
-        cuda = next(policy.parameters()).device.type == "cuda"
-        if sampling.hf_decode == "cuda_graphs" and not cuda:
-            raise ConfigError("sampling.hf_decode=cuda_graphs needs a CUDA device; use sampling.hf_decode=static "
-                              "(the same static-cache loop without graphs) or generate")
-        decode = sampling.hf_decode if sampling.hf_decode != "auto" else ("cuda_graphs" if cuda else "generate")
-        return HFSampler(policy, tokenizer, sampling.batch_size, decode)
-    from .rollout_vllm import VLLMSampler
-
-    dtype = precision.autocast or precision.weights
-    return VLLMSampler(policy, tokenizer, sampling.vllm, model_cfg=model_cfg, lora_cfg=lora_cfg, dtype=dtype, seed=seed)
-
-
-def starts_with_bos(tokenizer, text: str) -> bool:
-    return bool(tokenizer.bos_token) and text.startswith(tokenizer.bos_token)
-
-
-def cut(row: list[int], tokenizer, stop: list[str] | None) -> list[int]:
-    """Up to and including EOS; else up to the token that completes a stop string; else drop the
-    padding generate() appends after a finished sequence."""
-    eos = tokenizer.eos_token_id
-    if eos in row:
-        return row[: row.index(eos) + 1]
-    if stop and any(s in tokenizer.decode(row, skip_special_tokens=False) for s in stop):
-        lo, hi = 1, len(row)  # smallest prefix containing a stop string (containment is monotone)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if any(s in tokenizer.decode(row[:mid], skip_special_tokens=False) for s in stop):
-                hi = mid
-            else:
-                lo = mid + 1
-        return row[:lo]
-    pad = tokenizer.pad_token_id
-    while row and row[-1] == pad:
-        row = row[:-1]
-    return row

@@ -34,8 +34,8 @@ from typing import Iterator
 
 import torch
 
-from .config import ConfigError, LoRAConfig, ModelConfig, VLLMConfig
-from .rollout import Rollout, cut, starts_with_bos
+from ..config import ConfigError, LoRAConfig, ModelConfig, VLLMConfig
+from .common import Rollout, cut, starts_with_bos
 
 _VLLM_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
@@ -68,7 +68,7 @@ def check_available() -> None:
 def engine_model_folder(path: str) -> str:
     """The folder vLLM builds its engine from: the model's own, or the base of a LoRA adapter folder.
     Only the architecture, config and tokenizer matter: the weights are pushed from the policy."""
-    from .models import adapter_chain, resolve_model_path
+    from ..models import adapter_chain, resolve_model_path
 
     return resolve_model_path(adapter_chain(path)[0])
 
@@ -81,7 +81,7 @@ def vllm_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     scale * B @ A), computed in fp32 and cast back, without touching the policy; adapter tensors and
     peft's `original_module` copies are skipped and peft's name parts removed.
     """
-    from .models import is_peft
+    from ..models import is_peft
 
     if not is_peft(model):
         for name, p in model.named_parameters():
