@@ -163,7 +163,7 @@ class TrainingConfig(Strict):
     """`training:` of every algorithm: how many steps, the micro-batch, and the run's bookkeeping
     (precision, evaluate, save, log, resume, hooks, watchdog). Steps are the loop's own: optimizer
     steps (SFT, DPO, RM), rollout steps (GRPO, PPO) or rounds (EI); eval/save/log counts are in them.
-    GRPO and PPO use it as it is; SFT, EI and DPO/RM subclass it where they differ."""
+    PPO uses it as it is; SFT, EI, GRPO and DPO/RM subclass it where they differ."""
 
     # Does the loop read max_tokens_per_micro_batch? Only loops whose micro-batches come from
     # data.micro_batches (SFT, EI) can cap their tokens; elsewhere the key is refused, not ignored.
@@ -175,7 +175,7 @@ class TrainingConfig(Strict):
         "rejected go through one forward). Only memory and speed depend on it: the step's normaliser is fixed "
         "before its micro-batches"))
     max_tokens_per_micro_batch: int | None = Field(None, gt=0, description=(
-        "SFT and EI: also cap each micro-batch's tokens (rows x longest; with data.packing the sum of lengths), so "
+        "SFT, EI, DPO and GRPO: also cap each micro-batch's tokens (rows x longest; packed: the sum of lengths), so "
         "short examples share big micro-batches and long ones get small ones; null: training.micro_batch alone"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0: only at the end")
@@ -193,7 +193,7 @@ class TrainingConfig(Strict):
     @model_validator(mode="after")
     def _token_cap(self) -> "TrainingConfig":
         if self.max_tokens_per_micro_batch is not None and not self.TOKEN_CAP:
-            raise ValueError("max_tokens_per_micro_batch is read by sft and ei only; this loop cuts its micro-batches "
+            raise ValueError("max_tokens_per_micro_batch is read by sft, ei, dpo and grpo only; this loop cuts its micro-batches "
                              "by rows: remove it and size them with training.micro_batch")
         return self
 
@@ -339,6 +339,9 @@ class RLConfig(Strict):
     tis_cap: float = Field(0.0, ge=0, description=(
         "truncated importance sampling: weight each token's loss by min(p_train / p_sampler, tis_cap), "
         "correcting for a sampler that differs from the trainer (vLLM, half precision); 0 disables"))
+    packing: bool = Field(False, description=(
+        "run the training passes padding-free: each micro-batch's sequences are packed into rows no wider than "
+        "its longest, with position_ids restarting per sequence (logprobs.packed_response_log_probs)"))
     dynamic_sampling: bool = Field(False, description="DAPO: resample groups whose rewards are all equal")
     max_resample_rounds: int = Field(3, ge=0)
 
@@ -351,13 +354,19 @@ class RLConfig(Strict):
         return self
 
 
+class GRPOTrainingConfig(TrainingConfig):
+    """GRPO's `training:`: the shared one, and its micro-batches can also be capped in tokens."""
+
+    TOKEN_CAP: ClassVar[bool] = True
+
+
 class GRPOConfig(RunBase):
     name: str = "grpo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: GRPOTrainingConfig = Field(default_factory=GRPOTrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
@@ -415,15 +424,9 @@ class PrefDataConfig(Strict):
     format: Literal["auto", "plain", "chat"] = Field("auto", description="as data.format of SFT")
     max_seq_len: int = Field(128, gt=0)
     on_too_long: Literal["error", "truncate", "drop"] = "error"
-    packing: bool = Field(False, description="not supported for pairs; refused when true")
-
-    @model_validator(mode="after")
-    def _no_packing(self) -> "PrefDataConfig":
-        if self.packing:  # a pair's log-prob is a per-row sum; packed rows would need per-segment sums
-            raise ValueError("data.packing=true is not supported for preference pairs (DPO, RM): chosen and rejected "
-                             "are scored one sequence per row. Remove data.packing (length bucketing already "
-                             "keeps padding low)")
-        return self
+    packing: bool = Field(False, description=(
+        "DPO: pack each micro-batch's chosen and rejected sequences into rows of <= max_seq_len tokens (position_ids "
+        "restart per sequence, no padding computed; log-probs summed per sequence); RM: refused"))
 
 
 class PrefTrainingConfig(TrainingConfig):
@@ -440,6 +443,12 @@ class PrefTrainingConfig(TrainingConfig):
         if self.total_steps is None and self.epochs is None:
             raise ValueError("set training.total_steps or training.epochs")
         return self
+
+
+class DPOTrainingConfig(PrefTrainingConfig):
+    """DPO's `training:`: as RM's, and its micro-batches can also be capped in tokens."""
+
+    TOKEN_CAP: ClassVar[bool] = True
 
 
 class DPOSection(Strict):
@@ -470,7 +479,7 @@ class DPOConfig(RunBase):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6))
     data: PrefDataConfig = Field(default_factory=PrefDataConfig)
     dpo: DPOSection = Field(default_factory=DPOSection)
-    training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
+    training: DPOTrainingConfig = Field(default_factory=lambda: DPOTrainingConfig(total_steps=100))
 
     @model_validator(mode="after")
     def _reference(self) -> "DPOConfig":
@@ -498,6 +507,9 @@ class RMConfig(RunBase):
 
     @model_validator(mode="after")
     def _watchdog(self) -> "RMConfig":
+        if self.data.packing:  # a scalar score per sequence is read at its last token: one sequence per row
+            raise ValueError("data.packing=true is not supported by reward models (the score is read at each "
+                             "sequence's last token, one sequence per row); remove data.packing")
         _refuse_rollback(self.training.watchdog, "rm")
         return self
 

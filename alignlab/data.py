@@ -293,33 +293,66 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 
 def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
     """Greedily pack examples into rows of <= max_len tokens. `position_ids` restart at 0 for each
-    example and `attention_mask` is omitted: transformers then builds a block-diagonal causal mask,
-    so packed examples never attend to each other."""
-    rows: list[list[Encoded]] = []
-    for e in sorted(items, key=lambda e: -len(e.ids)):
+    example and `attention_mask` is omitted: transformers then builds a block-diagonal causal mask
+    (flash_attention_2: variable-length kernels), so packed examples never attend to each other.
+    `segment` (rows, width) holds each position's index into `items` (-1 on the padding tail), for
+    per-example sums (`segment_sums`)."""
+    rows: list[list[tuple[int, Encoded]]] = []
+    for i, e in sorted(enumerate(items), key=lambda ie: -len(ie[1].ids)):
         for row in rows:
-            if sum(len(x.ids) for x in row) + len(e.ids) <= max_len:
-                row.append(e)
+            if sum(len(x.ids) for _, x in row) + len(e.ids) <= max_len:
+                row.append((i, e))
                 break
         else:
-            rows.append([e])
-    width = max(sum(len(x.ids) for x in row) for row in rows)
+            rows.append([(i, e)])
+    width = max(sum(len(x.ids) for _, x in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         at = 0
-        for e in row:
+        for i, e in row:
             n = len(e.ids)
             t = torch.tensor(e.ids)
             ids[r, at : at + n] = t
             labels[r, at : at + n - 1] = t[1:]
             mask[r, at + e.n_prompt - 1 : at + n - 1] = True  # label positions that are response tokens
             pos[r, at : at + n] = torch.arange(n)
+            seg[r, at : at + n] = i
             at += n
         pos[r, at:] = torch.arange(width - at)  # padding tail: its own segment, masked out of the loss
-    return {"input_ids": ids, "labels": labels, "response_mask": mask, "position_ids": pos}
+    return {"input_ids": ids, "labels": labels, "response_mask": mask, "position_ids": pos, "segment": seg}
+
+
+def segment_sums(values: torch.Tensor, mask: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) per-example sums of `values` over the `mask`ed positions of a packed batch (`segment` from
+    `collate_packed`): what `masked_normalize(values, mask, dim=-1)` gives one example per row."""
+    out = torch.zeros(n, dtype=values.dtype, device=values.device)
+    return out.index_add(0, segment[mask], values[mask])
+
+
+def budget_micro_batches(idx: list[int], lengths: list[tuple[int, ...]], micro: int, max_tokens: int | None = None,
+                         packed: bool = False) -> list[list[int]]:
+    """Split one step's items (`idx`, in order; `lengths[k]` the token counts of item k's rows: one row
+    per RL sequence, (chosen, rejected) per DPO pair) into micro-batches of at most `micro` items and,
+    with `max_tokens`, at most that many tokens: padded, rows x the longest row; packed, the sum of
+    lengths. An item over the budget goes alone. Without `max_tokens`: consecutive slices of `micro`."""
+    budget = max_tokens or float("inf")
+    out: list[list[int]] = []
+    cur: list[int] = []
+    total = longest = 0
+    for i, ls in zip(idx, lengths):
+        size = total + sum(ls) if packed else len(ls) * (len(cur) + 1) * max(longest, *ls)
+        if cur and (len(cur) >= micro or size > budget):
+            out.append(cur)
+            cur, total, longest = [], 0, 0
+        cur.append(i)
+        total, longest = total + sum(ls), max(longest, *ls)
+    if cur:
+        out.append(cur)
+    return out
 
 
 class StepSampler:

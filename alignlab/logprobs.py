@@ -232,6 +232,57 @@ def get_response_log_probs(
     return result
 
 
+def packed_response_log_probs(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
+                              pack_len: int | None = None, **kw) -> dict[str, torch.Tensor]:
+    """`get_response_log_probs` of a right-padded batch without computing its padding: each row's real
+    tokens (attention_mask == 1, a prefix of the row) are packed first-fit-decreasing into rows of at most
+    `pack_len` tokens (default: the batch's width, so a packed row attends over no more than a padded
+    one), with position_ids restarting per sequence (transformers masks attention block-diagonally;
+    flash_attention_2 runs variable-length kernels). The results are put back at their (B, T) places,
+    zeros on padding, so every caller's masks and losses stay as they are; gradients flow through."""
+    B, T = input_ids.shape
+    lengths = attention_mask.sum(-1).tolist()
+    cap = max(pack_len or T, max(lengths) if lengths else 1)
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for b in sorted(range(B), key=lambda b: -lengths[b]):
+        for r, used in enumerate(fill):
+            if used + lengths[b] <= cap:
+                rows[r].append(b)
+                fill[r] += lengths[b]
+                break
+        else:
+            rows.append([b])
+            fill.append(lengths[b])
+    width = max(fill)
+    dev = input_ids.device
+    src_b, src_t, dst_r, dst_t = [], [], [], []
+    pos = torch.zeros(len(rows), width, dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for b in members:
+            n = lengths[b]
+            src_b += [b] * n
+            src_t += range(n)
+            dst_r += [r] * n
+            dst_t += range(at, at + n)
+            pos[r, at : at + n] = torch.arange(n)
+            at += n
+        pos[r, at:] = torch.arange(width - at)  # the padding tail: a segment of its own, scattered nowhere
+    src = (torch.tensor(src_b, device=dev), torch.tensor(src_t, device=dev))
+    dst = (torch.tensor(dst_r, device=dev), torch.tensor(dst_t, device=dev))
+    ids = input_ids.new_zeros(len(rows), width).index_put(dst, input_ids[src])
+    lab = labels.new_zeros(len(rows), width).index_put(dst, labels[src])
+    out = get_response_log_probs(model, ids, lab, position_ids=pos.to(dev), **kw)
+    back = {}
+    for k, v in out.items():
+        if k == "hidden":
+            back[k] = v.new_zeros(B, T, v.shape[-1]).index_put(src, v[dst])
+        else:
+            back[k] = v.new_zeros(B, T).index_put(src, v[dst])
+    return back
+
+
 def naive_response_log_probs(model, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
     """The straightforward reference: full logits, full fp32 log-softmax, gather. (B, T)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits

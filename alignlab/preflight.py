@@ -191,11 +191,12 @@ class Stepper:
             return loss
         # DPO: the loop's micro-step (train/dpo.py main), with its pair log-probs and LOSSES
         total = 0.0
-        for i in range(0, len(idx), micro):
-            part = idx[i : i + micro]
+        pack = self.cfg.data.max_seq_len if self.cfg.data.packing else None
+        for part in self.dpo.micro_batches(self.train, idx, micro, self.cfg.training.max_tokens_per_micro_batch,
+                                           bool(pack)):
             pairs = [self.train[j] for j in part]
             ref = self._ref_for(part, pairs)
-            lp, n = self.dpo.pair_logps(self.model, pairs, self.tok.pad_token_id, self.device, self.prec)
+            lp, n = self.dpo.pair_logps(self.model, pairs, self.tok.pad_token_id, self.device, self.prec, pack)
             per_pair, _ = self.dpo.LOSSES[self.cfg.dpo.loss](lp, ref, n, self.cfg.dpo)
             loss = per_pair.sum() / len(idx)
             loss.backward()

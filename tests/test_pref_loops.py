@@ -82,6 +82,49 @@ def test_lora_dpo_uses_the_adapter_disabled_base_and_freezes_it(tmp_path, qwen_d
             assert torch.equal(p, sd[n.replace("base_model.model.", "").replace(".base_layer", "")])
 
 
+def test_packed_pairs_give_the_padded_log_probs_and_gradients(qwen_dir):
+    """data.packing for DPO: chosen and rejected sequences of different lengths packed into shared rows
+    (position_ids restart per sequence) give each sequence's summed log-prob and response length as the
+    padded batch does, and the same gradient."""
+    from alignlab import data, models
+    from alignlab.config import LoRAConfig, ModelConfig, PrefDataConfig
+    from alignlab.train import dpo
+
+    model, tok, device, prec = models.load_policy(ModelConfig(path=str(qwen_dir), device="cpu"), LoRAConfig(), "fp32")
+    rows = [{"prompt": "12+30=", "chosen": "42", "rejected": "43 is the sum"}, {"prompt": "1+1=", "chosen": "2",
+            "rejected": "3"}, {"prompt": "a longer prompt: 7+8=", "chosen": "15", "rejected": "fifteen or so"}]
+    rows = [{**r, "where": f"test:{i}"} for i, r in enumerate(rows)]
+    pairs = data.encode_pairs(rows, tok, PrefDataConfig(max_seq_len=32))
+    out = {}
+    for pack in (None, 32):
+        model.zero_grad()
+        lp, n = dpo.pair_logps(model, pairs, tok.pad_token_id, device, prec, pack)
+        (lp["c"].sum() - 0.5 * lp["r"].sum()).backward()
+        out[pack] = (lp, n, {k: p.grad.clone() for k, p in model.named_parameters()})
+        if pack:
+            batch = data.collate_packed([c for c, _ in pairs] + [r for _, r in pairs], tok.pad_token_id, pack)
+            assert batch["input_ids"].shape[0] < 2 * len(pairs)  # sequences really share rows
+    (lp0, n0, g0), (lp1, n1, g1) = out[None], out[32]
+    for k in ("c", "r"):
+        torch.testing.assert_close(lp1[k], lp0[k], atol=1e-5, rtol=0)
+        assert torch.equal(n1[k], n0[k])
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-5, rtol=1e-4)
+
+
+def test_dpo_token_budget_and_packing_change_memory_not_the_update(tmp_path, qwen_dir, prefs):
+    """A token cap that splits micro-batches and packing both leave DPO's losses as they were."""
+    losses = {}
+    for name, extra in (("plain", {}), ("capped", {"training.max_tokens_per_micro_batch": 24}),
+                        ("packed", {"data.packing": "true", "training.max_tokens_per_micro_batch": 24})):
+        args = base_args(tmp_path, qwen_dir, name, prefs, **{"training.micro_batch": 4, "optim.lr": 1e-2, **extra})
+        assert cli.main(["dpo", "-c", "dpo_tiny", *args]) == 0
+        losses[name] = [r["loss/train"] for r in tracking.read_metrics(tmp_path / name) if "loss/train" in r]
+    assert len(losses["plain"]) == 3
+    assert losses["capped"] == pytest.approx(losses["plain"], abs=1e-5)
+    assert losses["packed"] == pytest.approx(losses["plain"], abs=1e-5)
+
+
 def test_dpo_config_refuses_bad_wiring():
     from alignlab.config import ConfigError, DPOConfig, load_config
 

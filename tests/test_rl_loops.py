@@ -36,6 +36,36 @@ def test_sampling_log_probs_equal_the_training_recompute(model_tok, temperature)
         assert b["labels"][i][m[i]].tolist() == ids
 
 
+def test_packed_log_probs_equal_the_padded_ones(model_tok):
+    """rl.packing's forward (logprobs.packed_response_log_probs): rollouts of different lengths packed
+    into shared rows give the padded batch's log-probs and entropies at every real position, zeros on
+    padding, and the same gradient."""
+    from alignlab.logprobs import packed_response_log_probs
+
+    model, tok = model_tok
+    torch.manual_seed(0)
+    ro = rollout.generate(model, tok, ["1=", "a longer prompt 44-1=", "7+8="], max_new_tokens=6, n=2, temperature=1.0)
+    b = ro.tensors(tok.pad_token_id)
+    assert len(set(b["attention_mask"].sum(-1).tolist())) > 2  # really different lengths
+    out = {}
+    for packed in (False, True):
+        model.zero_grad()
+        kw = dict(temperature=0.7, return_token_entropy=True, entropy_grad=False)
+        if packed:
+            r = packed_response_log_probs(model, b["input_ids"], b["labels"], b["attention_mask"], **kw)
+        else:
+            r = get_response_log_probs(model, b["input_ids"], b["labels"], attention_mask=b["attention_mask"], **kw)
+        (r["log_probs"] * b["response_mask"]).sum().backward()
+        out[packed] = (r, {k: p.grad.clone() for k, p in model.named_parameters()})
+    (pad, gpad), (pk, gpk) = out[False], out[True]
+    am = b["attention_mask"].bool()
+    for k in ("log_probs", "token_entropy"):
+        torch.testing.assert_close(pk[k][am], pad[k][am], atol=1e-5, rtol=0)
+        assert (pk[k][~am] == 0).all()
+    for k in gpad:
+        torch.testing.assert_close(gpk[k], gpad[k], atol=1e-5, rtol=1e-4)
+
+
 def test_top_p_filter_keeps_the_nucleus():
     z = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = torch.isfinite(rollout.top_p_filter(z, 0.8))
@@ -143,6 +173,17 @@ def test_grpo_off_policy_epochs_clip_and_kl_with_lora_reference(tmp_path, qwen_d
     assert all("loss/policy_last_epoch" in r for r in train)
     assert train[-1]["kl/ref"] > 0  # the adapters moved away from the base
     assert any(r["clip/frac_last_epoch"] > 0 for r in train)
+
+
+def test_grpo_packing_and_token_budget_change_memory_not_the_update(tmp_path, qwen_dir):
+    """rl.packing and training.max_tokens_per_micro_batch regroup and unpad the training passes; the
+    first step's loss and gradient norm (same rollouts: same seed, same starting policy) stay the same."""
+    first = {}
+    for name, extra in (("plain", {}), ("packed", {"rl.packing": "true", "training.max_tokens_per_micro_batch": 40})):
+        assert cli.main(grpo_args(tmp_path, qwen_dir, name, **{"training.total_steps": 1, **extra})) == 0
+        first[name] = next(r for r in tracking.read_metrics(tmp_path / name) if "reward/mean" in r)
+    for k in ("loss/policy", "grad/norm", "reward/mean", "entropy/mean"):
+        assert first["packed"][k] == pytest.approx(first["plain"][k], abs=1e-5), k
 
 
 def test_grpo_full_finetune_kl_uses_a_frozen_reference(tmp_path, qwen_dir):

@@ -26,11 +26,11 @@ def test_every_loop_takes_log_every(schema):
     assert cfg.training.log_every == 5
 
 
-@pytest.mark.parametrize("schema,packaged", [("DPOConfig", "dpo_tiny"), ("RMConfig", "rm_tiny")])
-def test_packing_is_refused_for_preference_pairs(schema, packaged):
-    with pytest.raises(C.ConfigError, match=r"data\.packing=true is not supported for preference pairs"):
-        C.load_config(getattr(C, schema), packaged, ["data.packing=true"])
-    assert C.load_config(getattr(C, schema), packaged, ["data.packing=false"]).data.packing is False
+def test_packing_is_read_by_dpo_and_refused_by_reward_models():
+    assert C.load_config(C.DPOConfig, "dpo_tiny", ["data.packing=true"]).data.packing is True
+    with pytest.raises(C.ConfigError, match=r"data\.packing=true is not supported by reward models"):
+        C.load_config(C.RMConfig, "rm_tiny", ["data.packing=true"])
+    assert C.load_config(C.RMConfig, "rm_tiny", ["data.packing=false"]).data.packing is False
 
 
 def test_expert_iteration_evaluates_every_eval_every_rounds(tmp_path, qwen_dir):

@@ -62,29 +62,47 @@ LOSSES = {"sigmoid": _sigmoid, "cdpo": _cdpo, "ipo": _ipo, "hinge": _hinge, "sim
 REFERENCE_FREE = {"simpo"}  # losses that read no reference log-probs: no reference is built or run
 
 
-def pair_logps(model, pairs: list[tuple[data.Encoded, data.Encoded]], pad_id: int, device, prec):
-    """Summed response log-probs of chosen and rejected in one forward: ({"c": (B,), "r": (B,)}, lengths)."""
+def pair_logps(model, pairs: list[tuple[data.Encoded, data.Encoded]], pad_id: int, device, prec,
+               pack_len: int | None = None):
+    """Summed response log-probs of chosen and rejected in one forward: ({"c": (B,), "r": (B,)}, lengths).
+    `pack_len` (data.packing): the 2B sequences are packed into rows of at most that many tokens, with
+    position_ids restarting per sequence, and summed per sequence: no padding is computed."""
     items = [c for c, _ in pairs] + [r for _, r in pairs]
-    batch = to_device(data.collate(items, pad_id), device)
-    logps = micro_logps(model, batch, device, prec)  # (2B, T)
-    seq = losses.masked_normalize(logps, batch["response_mask"], dim=-1)  # (2B,)
-    n = batch["response_mask"].sum(-1).float()
     B = len(pairs)
+    if pack_len:
+        batch = to_device(data.collate_packed(items, pad_id, pack_len), device)
+        logps = micro_logps(model, batch, device, prec)  # (rows, width)
+        mask, seg = batch["response_mask"], batch["segment"]
+        seq = data.segment_sums(logps, mask, seg, 2 * B)  # (2B,)
+        n = data.segment_sums(mask.float(), mask, seg, 2 * B)
+    else:
+        batch = to_device(data.collate(items, pad_id), device)
+        logps = micro_logps(model, batch, device, prec)  # (2B, T)
+        seq = losses.masked_normalize(logps, batch["response_mask"], dim=-1)  # (2B,)
+        n = batch["response_mask"].sum(-1).float()
     return {"c": seq[:B], "r": seq[B:]}, {"c": n[:B], "r": n[B:]}
 
 
+def micro_batches(pairs, idx: list[int], micro: int, max_tokens: int | None, packed: bool) -> list[list[int]]:
+    """The step's pair indices cut into micro-batches (`data.budget_micro_batches`)."""
+    return data.budget_micro_batches(idx, [(len(pairs[i][0].ids), len(pairs[i][1].ids)) for i in idx], micro,
+                                     max_tokens, packed)
+
+
 @torch.no_grad()
-def reference_logps(model, pairs, pad_id, device, prec, micro: int, use_adapter_off: bool) -> torch.Tensor:
+def reference_logps(model, pairs, pad_id, device, prec, micro: int, use_adapter_off: bool,
+                    pack_len: int | None = None, max_tokens: int | None = None) -> torch.Tensor:
     """(N, 2) reference log-probs (chosen, rejected) for every pair."""
-    out = []
-    for i in range(0, len(pairs), micro):
+    out = torch.zeros(len(pairs), 2)
+    for idx in micro_batches(pairs, list(range(len(pairs))), micro, max_tokens, pack_len is not None):
+        chunk = [pairs[i] for i in idx]
         if use_adapter_off:
             with models.reference_mode(model):
-                lp, _ = pair_logps(model, pairs[i : i + micro], pad_id, device, prec)
+                lp, _ = pair_logps(model, chunk, pad_id, device, prec, pack_len)
         else:
-            lp, _ = pair_logps(model, pairs[i : i + micro], pad_id, device, prec)
-        out.append(torch.stack([lp["c"], lp["r"]], dim=1).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, 2)
+            lp, _ = pair_logps(model, chunk, pad_id, device, prec, pack_len)
+        out[idx] = torch.stack([lp["c"], lp["r"]], dim=1).float().cpu()
+    return out
 
 
 def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
@@ -98,6 +116,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
+    pack = cfg.data.max_seq_len if cfg.data.packing else None
     mode = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
     if d.loss in REFERENCE_FREE:
         mode = "none"
@@ -110,8 +129,9 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
         if path.exists():  # written before step 1 of this run: a resume must not recompute from the trained policy
             cache = torch.load(path)
         else:
-            cache = {"train": reference_logps(policy, train, tok.pad_token_id, device, prec, t.micro_batch, False),
-                     "eval": reference_logps(policy, held, tok.pad_token_id, device, prec, t.micro_batch, False)}
+            ref = lambda pairs: reference_logps(policy, pairs, tok.pad_token_id, device, prec, t.micro_batch, False,  # noqa: E731
+                                                pack, t.max_tokens_per_micro_batch)
+            cache = {"train": ref(train), "eval": ref(held)}
             torch.save(cache, path.with_suffix(".tmp"))  # renamed when complete: a kill mid-write leaves no torn cache
             path.with_suffix(".tmp").replace(path)
 
@@ -124,19 +144,18 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
         with torch.no_grad():
             if mode == "adapter":
                 with models.reference_mode(policy):
-                    lp, _ = pair_logps(policy, pairs, tok.pad_token_id, device, prec)
+                    lp, _ = pair_logps(policy, pairs, tok.pad_token_id, device, prec, pack)
             else:
-                lp, _ = pair_logps(ref_model, pairs, tok.pad_token_id, device, prec)
+                lp, _ = pair_logps(ref_model, pairs, tok.pad_token_id, device, prec, pack)
         return lp
 
     @torch.no_grad()
     def evaluate() -> dict:
         policy.eval()
         sums: dict[str, float] = {}
-        for i in range(0, len(held), t.micro_batch):
-            idx = list(range(i, min(i + t.micro_batch, len(held))))
+        for idx in micro_batches(held, list(range(len(held))), t.micro_batch, t.max_tokens_per_micro_batch, bool(pack)):
             pairs = [held[j] for j in idx]
-            lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec)
+            lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec, pack)
             loss, stats = LOSSES[d.loss](lp, ref_for("eval", idx, pairs), n, d)
             sums["eval/loss"] = sums.get("eval/loss", 0.0) + loss.sum().item()
             for k, v in stats.items():
@@ -161,10 +180,9 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
             idx_all = sampler.indices(step)
             n_pairs = len(idx_all)  # the step's normaliser, fixed before the micro-batches
             agg: dict[str, float] = {}
-            for i in range(0, n_pairs, t.micro_batch):
-                idx = idx_all[i : i + t.micro_batch]
+            for idx in micro_batches(train, idx_all, t.micro_batch, t.max_tokens_per_micro_batch, bool(pack)):
                 pairs = [train[j] for j in idx]
-                lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec)
+                lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec, pack)
                 per_pair, stats = LOSSES[d.loss](lp, ref_for("train", idx, pairs), n, d)
                 loss = per_pair.sum() / n_pairs
                 (scaler.scale(loss) if scaler else loss).backward()

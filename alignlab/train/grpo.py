@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from .. import advantages as A
-from .. import checkpoint, losses, models, optim, rollout, tasks, tracking
+from .. import checkpoint, data, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
-from ..logprobs import get_response_log_probs
+from ..logprobs import get_response_log_probs, packed_response_log_probs
 
 
 def _no_baseline(logps, mb, rl):
@@ -111,6 +111,13 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
         run.samples(0, rows)
     n_seqs = rl.prompts_per_step * rl.group_size
 
+    def log_probs(model, mb, **kw):  # per-token log-probs (B, T); rl.packing: computed without the padding
+        if rl.packing:
+            return packed_response_log_probs(model, mb["input_ids"], mb["labels"], mb["attention_mask"],
+                                             temperature=cfg.sampling.temperature, **kw)
+        return get_response_log_probs(model, mb["input_ids"], mb["labels"],
+                                      attention_mask=mb["attention_mask"], temperature=cfg.sampling.temperature, **kw)
+
     with run.progress(t.total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
@@ -121,17 +128,18 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             batch = ro.tensors(tok.pad_token_id)
             batch.update(rewards=rewards, advantages=adv)
             t2 = time.perf_counter()
-            mbs = [{k: v[i : i + t.micro_batch].to(device) for k, v in batch.items()}
-                   for i in range(0, n_seqs, t.micro_batch)]
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            order = sorted(range(n_seqs), key=lambda i: lengths[i]) if t.max_tokens_per_micro_batch else range(n_seqs)
+            mbs = [{k: v[idx].to(device) for k, v in batch.items()} for idx in data.budget_micro_batches(
+                list(order), [(lengths[i],) for i in order], t.micro_batch, t.max_tokens_per_micro_batch, rl.packing)]
             # Old log-probs need their own pass only when later epochs go off-policy; on-policy, the
             # sampling policy is the policy of the training forward itself (ratio == 1 by construction).
             off_policy = rl.epochs_per_rollout_batch > 1
             with torch.no_grad():
                 for mb in mbs:
-                    fwd = dict(attention_mask=mb["attention_mask"], temperature=cfg.sampling.temperature)
                     with prec.autocast_ctx(device):
                         if off_policy:  # same micro-batches as training, so epoch 0 is exactly on-policy
-                            mb["old_logps"] = get_response_log_probs(policy, mb["input_ids"], mb["labels"], **fwd)["log_probs"]
+                            mb["old_logps"] = log_probs(policy, mb)["log_probs"]
                         if rl.kl_coef > 0:  # the frozen copy, or the LoRA policy with adapters off
                             mb["ref_logps"] = models.reference_logps(policy, reference, mb, cfg.sampling.temperature)
             mask_all = batch["response_mask"]
@@ -143,9 +151,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                 for mb in mbs:
                     m = mb["response_mask"]
                     with prec.autocast_ctx(device):
-                        out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
-                                                     temperature=cfg.sampling.temperature, return_token_entropy=True,
-                                                     entropy_grad=rl.entropy_coef > 0)
+                        out = log_probs(policy, mb, return_token_entropy=True, entropy_grad=rl.entropy_coef > 0)
                     logps = out["log_probs"]
                     if "old_logps" not in mb:
                         mb["old_logps"] = logps.detach()
