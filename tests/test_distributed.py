@@ -296,3 +296,44 @@ def test_a_failing_rank_stops_the_job_with_its_message(tmp_path, qwen_dir):
     assert "error: rank 1: DataError: shard.jsonl:7" in text  # relayed by rank 0, which stopped too
     assert took < 120, f"took {took:.0f} s"
     assert max(r["step"] for r in rows(tmp_path / "f")) <= 3
+
+
+# -- the planner: memory per GPU -------------------------------------------------------------------------------
+
+
+def _plan(capsys, *args) -> dict:
+    from alignlab.plan import cli as plan_cli
+
+    code = plan_cli.main(["--model", "gemma-3-4b", "--method", "full", "--gpu", "A100-80GB", "--json", *args])
+    out = capsys.readouterr().out
+    assert code in (0, 1), out
+    return json.loads(out)
+
+
+def test_planner_splits_the_batch_and_shards_the_state_per_gpu(capsys):
+    one = _plan(capsys)
+    ddp = _plan(capsys, "--gpus", "8", "--strategy", "ddp")
+    fsdp2 = _plan(capsys, "--gpus", "8", "--strategy", "fsdp2")
+    gib = lambda plan, k: plan["terms"][k]["gib"]
+    for k in ("weights", "grads", "optimizer"):
+        assert gib(ddp, k) == pytest.approx(gib(one, k))  # ddp: the whole state on every GPU
+        assert gib(fsdp2, k) == pytest.approx(gib(one, k) / 8)  # fsdp2: 1/8 of it
+    assert fsdp2["terms"]["fsdp_gathered"]["gib"] > 0 and "dp_bucket" in ddp["terms"]
+    assert fsdp2["peak_gib"] < one["peak_gib"] and fsdp2["fits"] and not one["fits"]
+    rec = lambda plan, k: next(r["value"] for r in plan["recommendations"] if r["key"] == k)
+    assert rec(ddp, "grad_accum_steps") * ddp["setup"]["gpus"] == rec(one, "grad_accum_steps")  # per-GPU share
+    assert rec(ddp, "total_steps") == rec(one, "total_steps")  # the global batch, hence the schedule, is kept
+
+
+def test_planner_yaml_for_several_gpus_is_a_config_the_loop_loads(capsys, tmp_path):
+    from alignlab.plan import cli as plan_cli
+
+    out = tmp_path / "p.yaml"
+    assert plan_cli.main(["--model", "gemma-3-270m", "--method", "lora", "--gpu", "L4", "--gpus", "2",
+                          "--strategy", "fsdp2", "--target-batch", "32", "--yaml", str(out)]) == 0
+    assert "torchrun --nproc-per-node 2" in out.read_text()
+    cfg = load_config(SFTConfig, out)
+    assert cfg.parallel.strategy == "fsdp2" and cfg.training.global_batch_seqs == 32
+    assert plan_cli.main(["--model", "gemma-3-270m", "--method", "qlora", "--gpu", "L4", "--gpus", "2",
+                          "--strategy", "fsdp2"]) == 2
+    assert "cannot be sharded" in capsys.readouterr().err
