@@ -71,7 +71,8 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     trainable, total = models.count_parameters(policy)
     tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
                            f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
-                           f"({t.grad_accum_steps} micro-batches of {t.micro_batch_seqs})")
+                           f"({-(-t.global_batch_seqs // (dist.world * t.micro_batch_seqs))} micro-batches of "
+                           f"{t.micro_batch_seqs}{f' per rank, {dist.world} ranks' if dist.world > 1 else ''})")
 
     if start == 0 and eval_set:  # the "before" row of every comparison
         metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
