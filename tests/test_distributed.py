@@ -243,6 +243,60 @@ def test_two_ranks_take_the_one_process_update(loop, strategy, one_process, requ
         AutoModelForCausalLM.from_pretrained(two / loop / "checkpoints/step_3")
 
 
+def _other_stages(model: Path, data: Path) -> dict:
+    """EI, RM and PPO, 2 steps each (PPO: one minibatch per epoch, so its per-rank minibatch shares are the
+    whole rollout and the update is the one-process update too)."""
+    common = [f"model.path={model}", "training.save_every=0", "optim.lr=1e-3", "optim.eps=1e-6"]
+    ei = ["ei.n_ei_steps=2", "ei.questions_per_round=4", "ei.group_size=4", "ei.global_batch_seqs=8",
+          "ei.micro_batch_seqs=2", "sampling.max_new_tokens=4", "eval.max_examples=2", "eval.max_new_tokens=2",
+          "task.arithmetic.n_eval=2", "training.eval_every=0"]
+    rm = [f"data.train={data}", "data.eval=null", "training.total_steps=2", "training.global_batch_pairs=4",
+          "training.micro_batch_pairs=1", "training.eval_every=0", "optim.warmup_ratio=0", "data.max_seq_len=32"]
+    ppo = ["training.total_steps=2", "ppo.rollout_size=4", "ppo.minibatch_seqs=4", "ppo.num_ppo_epochs=2",
+           "ppo.kl_coef=0.05", "sampling.max_new_tokens=4", "eval.max_examples=2", "eval.max_new_tokens=2",
+           "task.arithmetic.n_eval=2", "training.eval_every=0"]
+    return {"name": "eq", "stages": [
+        {"name": "ei", "kind": "ei", "config": "ei_tiny", "overrides": common + ei},
+        {"name": "rm", "kind": "rm", "config": "rm_tiny", "overrides": common + rm},
+        {"name": "ppo", "kind": "ppo", "config": "ppo_tiny", "overrides": common + ppo}]}
+
+
+@pytest.fixture(scope="module")
+def other_loops(tmp_path_factory, qwen_dir, prefs):
+    """-> (one process, 2 ddp ranks) run roots of EI, RM and PPO."""
+    from dist_entry import odd_length_reward
+
+    from alignlab.tasks import arithmetic
+
+    one, two = tmp_path_factory.mktemp("one_other"), tmp_path_factory.mktemp("ddp_other")
+    for root in (one, two):
+        (root / "p.yaml").write_text(yaml.safe_dump(_other_stages(qwen_dir, prefs)))
+    keep = arithmetic.arithmetic_reward
+    odd_length_reward()
+    try:
+        in_process(["pipeline", "-c", str(one / "p.yaml"), f"out_dir={one}"])
+    finally:
+        arithmetic.arithmetic_reward = keep
+    out = torchrun(["pipeline", "-c", str(two / "p.yaml"), f"out_dir={two}"], ALIGNLAB_TEST_ODD_REWARD="1")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return one / "eq", two / "eq"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loop,key", [("ei", "ei/kept_samples"), ("rm", "loss/train"), ("ppo", "loss/policy")])
+def test_ei_rm_and_ppo_on_two_ranks_take_the_one_process_update(loop, key, other_loops, qwen_dir):
+    one, two = other_loops
+    assert_same_weights(one / loop / "checkpoints/step_2", two / loop / "checkpoints/step_2",
+                        start=None if loop == "rm" else qwen_dir)  # rm: a new scalar head, not the LM's
+    r1 = [r for r in rows(one / loop) if key in r]
+    r2 = [r for r in rows(two / loop) if key in r]
+    assert len(r1) == len(r2) == 2
+    for a, b in zip(r1, r2):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6)
+    if loop == "ei":
+        assert all(r["ei/kept_samples"] > 0 for r in r1)  # the rounds had something to fine-tune on
+
+
 # -- kill and resume ------------------------------------------------------------------------------------------
 
 
