@@ -43,7 +43,8 @@ def in_process(args: list[str]) -> None:
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    sd = load_file(ckpt / "model.safetensors")
+    sd = load_file(ckpt / ("adapter_model.safetensors" if (ckpt / "adapter_config.json").is_file()
+                           else "model.safetensors"))
     sd.pop("lm_head.weight", None)  # tied to the embeddings; fsdp2's gathered state also names it
     return sd
 
@@ -163,8 +164,10 @@ def _stages(model: Path, data: Path, strategy: str | None = None) -> dict:
     grpo = ["rl.prompts_per_step=4", "rl.group_size=4", "rl.micro_batch_seqs=4", "rl.kl_coef=0.05",
             "sampling.max_new_tokens=4", "eval.max_examples=2", "eval.max_new_tokens=2", "task.arithmetic.n_eval=2",
             "training.eval_every=0"]
+    lora = ["lora.enabled=true", "lora.dropout=0"]  # dropout masks are drawn per rank: 0 to compare exactly
     return {"name": "eq", "stages": [
         {"name": "sft", "kind": "sft", "config": "sft_tiny", "overrides": common + sft},
+        {"name": "sft_lora", "kind": "sft", "config": "sft_tiny", "overrides": common + sft + lora},
         {"name": "dpo", "kind": "dpo", "config": "dpo_tiny", "overrides": common + dpo},
         {"name": "grpo", "kind": "grpo", "config": "grpo_tiny", "overrides": common + grpo}]}
 
@@ -214,7 +217,7 @@ def fsdp2_run(tmp_path_factory, qwen_dir, prefs):
     return _two_ranks(tmp_path_factory, qwen_dir, prefs, "fsdp2")
 
 
-LOGGED = {"sft": ("loss/train", "grad/norm", "tokens/response"),
+LOGGED = {"sft": ("loss/train", "grad/norm", "tokens/response"), "sft_lora": ("loss/train", "grad/norm"),
           "dpo": ("loss/train", "grad/norm", "rewards/accuracy", "logps/chosen"),
           "grpo": ("loss/policy", "grad/norm", "reward/mean", "adv/std", "kl/ref", "response/len_mean",
                    "mismatch/logp_abs_mean")}
@@ -222,10 +225,11 @@ LOGGED = {"sft": ("loss/train", "grad/norm", "tokens/response"),
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
-@pytest.mark.parametrize("loop", ["sft", "dpo", "grpo"])
+@pytest.mark.parametrize("loop", ["sft", "sft_lora", "dpo", "grpo"])
 def test_two_ranks_take_the_one_process_update(loop, strategy, one_process, request, qwen_dir):
     two = request.getfixturevalue(f"{strategy}_run")
-    assert_same_weights(one_process / loop / "checkpoints/step_3", two / loop / "checkpoints/step_3", start=qwen_dir)
+    assert_same_weights(one_process / loop / "checkpoints/step_3", two / loop / "checkpoints/step_3",
+                        start=None if loop == "sft_lora" else qwen_dir)
     # rank 0 logged the whole step's statistics, not its own share
     r1 = [r for r in rows(one_process / loop) if "grad/norm" in r]
     r2 = [r for r in rows(two / loop) if "grad/norm" in r]
@@ -238,9 +242,10 @@ def test_two_ranks_take_the_one_process_update(loop, strategy, one_process, requ
         assert any(r["reward/mean"] not in (0.0, 1.0) for r in r1)  # the advantages were not all 0
     if strategy == "fsdp2":  # the optimizer state is sharded (torch.distributed.checkpoint), the weights are HF
         assert (two / loop / "checkpoints/step_3" / distributed.OPTIM_DIR / ".metadata").is_file()
-        from transformers import AutoModelForCausalLM
+        if loop != "sft_lora":
+            from transformers import AutoModelForCausalLM
 
-        AutoModelForCausalLM.from_pretrained(two / loop / "checkpoints/step_3")
+            AutoModelForCausalLM.from_pretrained(two / loop / "checkpoints/step_3")
 
 
 def _other_stages(model: Path, data: Path) -> dict:
