@@ -71,11 +71,15 @@ def zero_signal_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return g.max(dim=1).values == g.min(dim=1).values
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over masked entries (PPO advantage whitening); shift_mean=False keeps the mean."""
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           over: torch.Tensor | None = None) -> torch.Tensor:
+    """(x - mean) / std over masked entries (PPO advantage whitening); shift_mean=False keeps the mean.
+    `over` (1-D): the entries the mean and std are taken over, when not values[mask] (data-parallel
+    ranks: every rank's masked values)."""
     m = mask.bool()
-    mean = values[m].mean()
-    var = ((values - mean) ** 2)[m].mean()
+    over = values[m] if over is None else over.to(values)
+    mean = over.mean()
+    var = ((over - mean) ** 2).mean()
     out = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -57,16 +57,41 @@ def set_rng_state(state: dict) -> None:
 def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra: dict | None = None,
          scaler=None, submodels: dict | None = None) -> Path:
     """One atomic step_N folder: the model at its root (loads with plain transformers / peft), each of
-    `submodels` (e.g. PPO's separate critic) in a subfolder of its name, and trainer_state.pt."""
+    `submodels` (e.g. PPO's separate critic) in a subfolder of its name, and trainer_state.pt.
+
+    Data-parallel ranks (docs/distributed.md): every rank calls this; rank 0 writes the folder. ddp: the
+    optimizer state is the same on every rank and goes into trainer_state.pt. fsdp2: the weights are
+    gathered to rank 0 for the HF folder, and every rank writes its optimizer shard with
+    torch.distributed.checkpoint into step_N/optimizer_dcp/. Each rank's RNG state is kept."""
+    from . import distributed
+
+    dist = distributed.current()
     root = checkpoints_dir(run_dir)
     final = root / f"step_{step}"
+    full = distributed.full_state_dict(model)  # fsdp2: gathered on rank 0 (every rank takes part)
+    staged = root / f".dcp-step_{step}"
+    if dist.lockstep:  # written by every rank, moved into the checkpoint by rank 0
+        if dist.is_main:
+            shutil.rmtree(staged, ignore_errors=True)
+        dist.barrier()
+        distributed.save_optimizer(model, optimizer, staged)
+    rngs = dist.gather(rng_state())
+    if not dist.is_main:
+        dist.barrier()  # rank 0 is writing; nobody goes on (or resumes) from a half-written checkpoint
+        return final
     try:
         with atomic_dir(final) as tmp:
-            save_model(model, tokenizer, tmp)
+            save_model(model, tokenizer, tmp, state_dict=full)
             for name, sub in (submodels or {}).items():
                 save_model(sub, tokenizer, tmp / name)
-            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": rng_state(), "extra": extra or {}}
+            state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rngs[0], "extra": extra or {},
+                     "world_size": dist.world}
+            if dist.world > 1:
+                state["rng_per_rank"] = rngs
+            if dist.lockstep:
+                staged.rename(tmp / distributed.OPTIM_DIR)
+            else:
+                state["optimizer"] = optimizer.state_dict()
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
             torch.save(state, tmp / STATE_FILE)
@@ -81,6 +106,7 @@ def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_
             "checkpoint exists") + ". Free some space (or lower training.keep_last) and run the same command again: "
             "training.resume=auto continues from the last intact checkpoint") from None
     prune(root, keep_last)
+    dist.barrier()
     return final
 
 
@@ -144,7 +170,7 @@ def clean_temporaries(run_dir: Path) -> list[Path]:
     removed = []
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith((".tmp-", ".old-")):
+            if p.name.startswith((".tmp-", ".old-", ".dcp-")):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
@@ -152,7 +178,14 @@ def clean_temporaries(run_dir: Path) -> list[Path]:
 
 def find_resume(run_dir: Path, resume: str) -> Path | None:
     """resume=auto: the latest complete checkpoint, if any; never: None (and refuse to overwrite
-    a run that has checkpoints); a path: that checkpoint."""
+    a run that has checkpoints); a path: that checkpoint. Data-parallel ranks: rank 0 looks (it may
+    clean temporaries and set damaged checkpoints aside), every rank gets its answer or its error."""
+    from .distributed import current
+
+    return current().on_main(lambda: _find_resume(run_dir, resume))
+
+
+def _find_resume(run_dir: Path, resume: str) -> Path | None:
     if resume == "never":
         if list_checkpoints(run_dir):
             raise FileExistsError(
@@ -202,12 +235,27 @@ def restore(ckpt: Path | None, optimizer, scheduler, scaler=None) -> int:
     from (0 when `ckpt` is None). The model itself is loaded by `models.load_policy(resume_from=)`."""
     if ckpt is None:
         return 0
+    from . import distributed
+
+    dist = distributed.current()
     state = load_state(ckpt)
-    optimizer.load_state_dict(state["optimizer"])
+    if "optimizer" in state and dist.lockstep:
+        raise CheckpointError(f"{ckpt} holds a whole optimizer state (written without parallel.strategy=fsdp2); "
+                              "resume it with parallel.strategy=ddp, or start a new run (name=<other>)")
+    if "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    elif dist.lockstep:
+        distributed.load_optimizer(optimizer, Path(ckpt) / distributed.OPTIM_DIR)
+    else:
+        raise CheckpointError(f"{ckpt} holds a sharded optimizer state ({distributed.OPTIM_DIR}/, written with "
+                              "parallel.strategy=fsdp2); resume it with parallel.strategy=fsdp2")
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and "scaler" in state:
         scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+    # each rank continues its own RNG stream when the rank count is the same; otherwise rank 0's
+    per_rank = state.get("rng_per_rank")
+    same = per_rank is not None and len(per_rank) == dist.world
+    set_rng_state(per_rank[dist.rank] if same else state["rng"])
     return state["step"]
 
 
@@ -237,7 +285,9 @@ def rollback(run_dir: Path, model, optimizer, scheduler, scaler, lr_factor: floa
     """The watchdog's rollback: the newest intact checkpoint's weights and optimizer (and scaler) state,
     in place, and every lr times `lr_factor` from now on (the schedule's peak is lowered; its position,
     the step count, goes on). -> the checkpoint, or None when there is none yet."""
-    ckpt = _newest_intact(run_dir)
+    from .distributed import current
+
+    ckpt = current().on_main(lambda: _newest_intact(run_dir))
     if ckpt is None:
         return None
     load_weights(ckpt, model)

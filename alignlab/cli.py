@@ -40,10 +40,15 @@ def run_training(algo: str, argv: list[str]) -> int:
                                  epilog="overrides: dotted key=value pairs, e.g. optim.lr=1e-4 lora.enabled=true")
     ap.add_argument("--config", "-c", help="YAML file, or the name of a packaged config (e.g. sft_tiny)")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    ap.add_argument("--nproc", type=int, metavar="N", help=(
+        "train on N processes of this machine: runs `torchrun --nproc-per-node N -m alignlab.cli` with the same "
+        "arguments (one per GPU; gloo processes on CPU). docs/distributed.md"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     schema = getattr(C, schema_name)
-    cfg = C.load_config(schema, args.config, args.overrides)
+    cfg = C.load_config(schema, args.config, args.overrides)  # a bad config fails here, before torchrun starts
+    if args.nproc is not None and not args.print_config:
+        return exec_torchrun(args.nproc, [algo, *_without_nproc(argv)])
     if args.print_config:
         print(C.dump_config(cfg), end="")
         return 0
@@ -53,8 +58,40 @@ def run_training(algo: str, argv: list[str]) -> int:
 
         check_available()
     run_dir = importlib.import_module(module).main(cfg)
-    print(f"run directory: {run_dir}")
+    d = _distributed()
+    if d is None or d.current().is_main:
+        print(f"run directory: {run_dir}")
     return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def exec_torchrun(nproc: int, argv: list[str]) -> int:
+    """`--nproc N`: replace this process with torchrun (PyTorch's launcher, `python -m torch.distributed.run`)
+    starting N copies of this command on this machine. Inside torchrun it is an error: torchrun's own
+    --nproc-per-node already decided."""
+    if nproc < 1:
+        print(f"error: --nproc {nproc}: give a number of processes >= 1", file=sys.stderr)
+        return 2
+    if "LOCAL_RANK" in os.environ:
+        print("error: --nproc inside torchrun: torchrun already started the processes; drop --nproc",
+              file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "alignlab.cli", *argv]
+    print("running: " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
 
 
 def make_tiny(argv: list[str]) -> int:
@@ -131,19 +168,54 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if cmd in TRAIN:
-            return run_training(cmd, rest)
+            return _finished(run_training(cmd, rest))
         if cmd in BUILTIN:
-            return BUILTIN[cmd][0](rest)
+            return _finished(BUILTIN[cmd][0](rest))
         if cmd in TOOLS:
             return int(importlib.import_module(TOOLS[cmd][0]).main(rest) or 0)
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {_on_rank(exc)}", file=sys.stderr)
+        return _failed(exc, 2)
     except (TrainingDiverged, CheckpointError) as exc:  # and WatchdogStop, a TrainingDiverged: "watchdog stopped..."
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+        print(f"error: {_on_rank(exc)}", file=sys.stderr)
+        return _failed(exc, 3)
+    except BaseException as exc:
+        if _distributed() is None:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        return _failed(exc, 1)
     print(f"unknown command {cmd!r}\n\n{usage()}", file=sys.stderr)
     return 2
+
+
+def _distributed():
+    """alignlab.distributed when this process is one of several ranks (never imported by `plan`)."""
+    mod = sys.modules.get("alignlab.distributed")
+    return mod if mod is not None and mod.current().active else None
+
+
+def _on_rank(exc) -> str:
+    d = _distributed()
+    return f"(rank {d.current().rank}) {exc}" if d is not None and d.current().world > 1 else str(exc)
+
+
+def _finished(code: int) -> int:
+    d = _distributed()
+    if d is not None:
+        d.teardown()
+    return code
+
+
+def _failed(exc, code: int) -> int:
+    """A rank's error: tell the other ranks (they print it and stop), then leave at once."""
+    d = _distributed()
+    if d is None or d.current().world == 1:
+        return code
+    d.report_failure(exc)
+    d.exit_failed(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -55,6 +55,39 @@ class LoRAConfig(Strict):
     qlora: bool = Field(False, description="Load the base in 4-bit NF4 (bitsandbytes, CUDA only).")
 
 
+class FSDP2Config(Strict):
+    """parallel.fsdp2: how `fully_shard` shards the model (docs/distributed.md)."""
+
+    reshard_after_forward: bool = Field(True, description=(
+        "free each decoder layer's gathered weights after its forward and gather them again in backward (less "
+        "memory, one more all-gather per layer); false keeps them until backward"))
+    mixed_precision: Literal["off", "bf16", "fp16"] = Field("off", description=(
+        "gather weights in this dtype for forward/backward and reduce gradients in fp32 (MixedPrecisionPolicy); "
+        "off: in the weights' own dtype"))
+    cpu_offload: bool = Field(False, description=(
+        "keep the sharded weights, gradients and optimizer states in CPU memory (CPUOffloadPolicy; CUDA only); "
+        "the optimizer step runs on the CPU"))
+
+
+class ParallelConfig(Strict):
+    """parallel: data-parallel training over the ranks torchrun starts (docs/distributed.md). A plain
+    single process ignores it; under torchrun the global batch stays the one the config names."""
+
+    strategy: Literal["ddp", "fsdp2"] = Field("ddp", description=(
+        "ddp: every rank holds the whole model, gradients are summed over ranks once per optimizer step; "
+        "fsdp2: fully_shard per decoder layer, weights, gradients and optimizer states sharded over ranks"))
+    timeout_s: int = Field(1800, gt=0, description=(
+        "process-group timeout: a collective that waits this long fails instead of hanging"))
+    bucket_mb: int = Field(25, gt=0, description="ddp: gradients are summed over ranks in buckets of this size (MiB)")
+    fsdp2: FSDP2Config = Field(default_factory=FSDP2Config)
+
+    @model_validator(mode="after")
+    def _fsdp2_options(self) -> "ParallelConfig":
+        if self.strategy != "fsdp2" and "fsdp2" in self.model_fields_set and self.fsdp2 != FSDP2Config():
+            raise ValueError(f"parallel.fsdp2.* applies to parallel.strategy=fsdp2 (strategy is {self.strategy})")
+        return self
+
+
 class RunBase(Strict):
     """Fields every run config has: the run directory is out_dir/name."""
 
@@ -66,6 +99,7 @@ class RunBase(Strict):
         "source of truth"))
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
 
     @property
     def run_dir(self) -> Path:

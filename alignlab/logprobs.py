@@ -171,7 +171,10 @@ def _fusable(head, config) -> bool:
 
 def _decoder_and_head(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings(), base.config
+    # FSDP2 (alignlab.distributed.wrap) registers the decoder call as a forward of the sharded model, so the
+    # model's weights (embeddings, head) are gathered for it as they would be for model(...)
+    decoder = getattr(base, "alignlab_decoder", None) or base.get_decoder()
+    return decoder, base.get_output_embeddings(), base.config
 
 
 def get_response_log_probs(

@@ -397,9 +397,13 @@ def load_frozen_reference(model_cfg: ModelConfig, precision: str = "auto"):
     return ref.eval().requires_grad_(False)
 
 
-def save_model(model, tokenizer, out_dir: str | os.PathLike) -> None:
-    """A normal HF folder: adapter_config.json + adapter weights for LoRA, full weights otherwise."""
-    model.save_pretrained(out_dir)
+def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | None = None) -> None:
+    """A normal HF folder: adapter_config.json + adapter weights for LoRA, full weights otherwise.
+    `state_dict`: the weights to write instead of the model's own (fsdp2: gathered from the shards)."""
+    if state_dict is None:
+        model.save_pretrained(out_dir)
+    else:
+        model.save_pretrained(out_dir, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
 
 

@@ -44,6 +44,9 @@ def build(model, cfg: OptimConfig, total_steps: int, groups: list[dict] | None =
     its own lr); one schedule scales every group. On CUDA the fused kernel (one launch for all
     parameters, as TRL's default adamw_torch_fused); elsewhere torch's default (foreach), so CPU
     numbers stay bit-identical."""
+    from .distributed import current
+
+    current().reshard()  # fsdp2: the optimizer holds the shards, even after a forward left some gathered
     groups = groups if groups is not None else param_groups(model, cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
     fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
@@ -56,16 +59,20 @@ def build(model, cfg: OptimConfig, total_steps: int, groups: list[dict] | None =
 
 
 def step(model, opt, sched, max_grad_norm: float | None, scaler=None, guard=None) -> float:
-    """Unscale (fp16), clip, step, schedule, zero. Returns the pre-clip global grad norm.
+    """Sum gradients over data-parallel ranks, unscale (fp16), clip, step, schedule, zero. Returns the
+    pre-clip global grad norm.
 
     `guard(grad_norm, amp_scaled) -> skip?` (the watchdog's, `run.watchdog.guard(...)`) decides after
     the clip and before the update: on skip the gradients are dropped and the optimizer does not step;
     the schedule still advances, so the lr stays a function of the step index."""
+    from .distributed import clip_grad_norm_, reduce_gradients
+
     params = [p for p in model.parameters() if p.requires_grad]
+    reduce_gradients(params)  # data-parallel ranks: the sum of every rank's gradients (no-op in one process)
     if scaler is not None:
         scaler.unscale_(opt)
     limit = max_grad_norm if max_grad_norm is not None else float("inf")
-    norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    norm = float(clip_grad_norm_(params, limit))
     skip = guard is not None and guard(norm, scaler is not None)
     if skip:
         if scaler is not None:

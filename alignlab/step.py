@@ -31,16 +31,19 @@ def micro_logps(model, batch: dict, device: torch.device, prec: models.Precision
 
 def accumulate_step(model, items: list[data.Encoded], pad_id: int, device, prec, *, micro_batch_seqs: int,
                     normalizer: str = "tokens", bucket: bool = True, packing_len: int | None = None, scaler=None,
-                    max_tokens: int | None = None):
+                    max_tokens: int | None = None, step_items: list[data.Encoded] | None = None):
     """Forward/backward every micro-batch of one optimizer step; grads accumulate in `.grad`.
     The normaliser (the step's response tokens or sequences) is fixed before the first micro-batch.
-    Returns (step loss, tokens processed). SFT and expert iteration both step with it."""
-    n_tokens = sum(e.n_response for e in items)
+    `step_items`: the whole step's examples when `items` is one data-parallel rank's share of them
+    (the normaliser counts the whole step). Returns (this share's loss, tokens processed). SFT and
+    expert iteration both step with it."""
+    whole = items if step_items is None else step_items
+    n_tokens = sum(e.n_response for e in whole)
     step_loss, n_seen = 0.0, 0
     for mb in data.micro_batches(items, micro_batch_seqs, bucket, max_tokens, packed=packing_len is not None):
         batch = to_device(make_batch(mb, pad_id, packing_len), device)
         logps = micro_logps(model, batch, device, prec)
-        loss, _ = losses.sft_nll(logps, batch["response_mask"], normalizer, n_tokens, len(items))
+        loss, _ = losses.sft_nll(logps, batch["response_mask"], normalizer, n_tokens, len(whole))
         (scaler.scale(loss) if scaler else loss).backward()
         step_loss += loss.item()
         n_seen += batch["input_ids"].numel()

@@ -31,10 +31,14 @@ def seed_everything(seed: int) -> None:
 
 class Run:
     def __init__(self, run_dir: Path, sinks: list | None = None):
+        from .distributed import current
+
         self.dir = Path(run_dir)
         self.metrics_path = self.dir / "metrics.jsonl"
         self.sinks = sinks or []  # TensorBoard / W&B: copies of each row; metrics.jsonl is the truth
         self.watchdog = None  # set by begin(); every logged row passes through watchdog.record
+        self.dist = current()  # data-parallel ranks: rank 0 writes, every rank's watchdog sees every row
+        self.is_main = self.dist.is_main
 
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, "time": round(time.time(), 3)}
@@ -42,18 +46,21 @@ class Run:
             if isinstance(v, torch.Tensor):
                 v = v.item()
             row[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        scalars = {k: float(v) for k, v in row.items()
-                   if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-        for sink in self.sinks:
-            sink.log(step, scalars)
+        if self.is_main:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            scalars = {k: float(v) for k, v in row.items()
+                       if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for sink in self.sinks:
+                sink.log(step, scalars)
         if self.watchdog is not None:
             self.watchdog.record(row)
         return row
 
     def samples(self, step: int, rows: list[dict]) -> Path:
         p = self.dir / "samples" / f"step_{step}.jsonl"
+        if not self.is_main:
+            return p
         p.parent.mkdir(parents=True, exist_ok=True)
         with p.open("w") as f:
             for r in rows:
@@ -62,7 +69,12 @@ class Run:
 
     def truncate_after(self, step: int) -> None:
         """On resume from step N, forget rows logged after N (they will be logged again, identically),
-        and a last line torn by a kill in mid-write."""
+        and a last line torn by a kill in mid-write. (Rank 0 writes; the other ranks wait, then read it.)"""
+        if self.is_main:
+            self._truncate_after(step)
+        self.dist.barrier()
+
+    def _truncate_after(self, step: int) -> None:
         if not self.metrics_path.exists():
             return
         keep = []
@@ -115,6 +127,7 @@ class Run:
         wd = self.watchdog
         metrics = {**metrics, **wd.end_step(step, metrics)}
         if evaluated is not None:
+            evaluated = (self.dist.broadcast(evaluated[0]), evaluated[1])  # every rank's watchdog decides alike
             evaluated = ({**evaluated[0], **wd.on_eval(step, evaluated[0])}, evaluated[1])
         if wd.pending and wd.pending[0] == "rollback":
             metrics.update(self.rollback(step))
@@ -124,7 +137,8 @@ class Run:
         self.bar.update(self.bar.task_ids[0], advance=1, loss=shown, tps=f"{tps:,.0f}" if tps is not None else "-")
         H.call(self.hooks, "on_step_end", self.ctx, step, row)
         if evaluated is None and evaluate is not None and self.due(step, eval_every, total):
-            evaluated = evaluate()
+            evaluated = evaluate()  # on every rank (fsdp2: each forward is a collective); rank 0's numbers count
+            evaluated = (self.dist.broadcast(evaluated[0]), evaluated[1])
             watched = wd.on_eval(step, evaluated[0])
             rolled = self.rollback(step) if wd.pending and wd.pending[0] == "rollback" else {}
             self.log(step, **evaluated[0], **watched, **rolled)
@@ -213,13 +227,17 @@ def check_report_to(cfg: Strict) -> None:
 
 def start(cfg: Strict, run_dir: Path, fresh: bool) -> Run:
     """Create the run dir, write the resolved config, seed. A fresh run starts a new metrics file."""
+    from .distributed import current
+
     check_report_to(cfg)  # before anything is written
+    main = current().is_main  # data-parallel ranks: rank 0 owns the run directory's files
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    if main:
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
     sinks = [TensorBoardSink(run_dir) if name == "tensorboard" else WandbSink(cfg, run_dir)
-             for name in getattr(cfg, "report_to", [])]
+             for name in getattr(cfg, "report_to", [])] if main else []
     run = Run(run_dir, sinks)
-    if fresh and run.metrics_path.exists():
+    if fresh and main and run.metrics_path.exists():
         run.metrics_path.unlink()
     seed_everything(getattr(cfg, "seed", 0))
     return run

@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="sft", help="sft | dpo | grpo | ppo (default sft)")
     p.add_argument("--gpu", required=True, help="accelerator name (see the list below), or CPU")
     p.add_argument("--gpu-memory", type=float, default=None, help="override the device memory, GiB")
+    p.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs (torchrun ranks); memory is per GPU, "
+                   "the target batch is split over them (docs/distributed.md)")
+    p.add_argument("--strategy", default="ddp", help="ddp | fsdp2: replicated model, or weights, gradients and "
+                   "optimizer states sharded over the GPUs")
     p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per sequence (SFT/DPO; default 1024). RL: prompt + completion")
     p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (compute precision)")
@@ -112,7 +116,7 @@ def _setup_from_args(args, arch, gpu, precision: str) -> Setup:
         loss_impl=args.loss_impl, chunk_tokens=args.chunk_tokens, padded=not args.no_padding, attn_impl=args.attn,
         prompt_len=args.prompt_len, gen_len=gen, ref_model=not args.no_ref, ref_precomputed=args.ref_precomputed,
         value_model=not args.no_value_model, reward_model=args.reward_model,
-        rollout_backend=args.rollout_backend, vllm_sleep=args.vllm_sleep,
+        rollout_backend=args.rollout_backend, vllm_sleep=args.vllm_sleep, gpus=args.gpus, strategy=args.strategy,
     )
 
 
@@ -166,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measure(plan, args) -> int:
     """Run the planned step locally; print predicted vs measured peak per phase."""
+    if plan.setup.gpus > 1 or plan.setup.strategy == "fsdp2":
+        raise PlanError("--measure runs one process on one device; measure without --gpus/--strategy")
     from rich.console import Console
     from rich.table import Table
 

@@ -62,6 +62,8 @@ class Setup:
     rollout_backend: str = "hf"  # hf: generate() in the training process | vllm: a colocated vLLM engine
     vllm_engine_bytes: float = 0.0  # vllm: the engine's reservation (gpu_memory_utilization x device memory)
     vllm_sleep: bool = False  # vllm: the engine frees its memory while the policy trains (sleep level 2)
+    gpus: int = 1  # data-parallel devices; micro_batch and grad_accum are per device (plan/parallel.py)
+    strategy: str = "ddp"  # ddp | fsdp2 (alignlab parallel.strategy)
 
     def validate(self) -> None:
         _choice("method", self.method, ("full", "lora", "qlora"))
@@ -82,6 +84,9 @@ class Setup:
             raise PlanError("QLoRA (bitsandbytes NF4) runs on CUDA only; use --method lora on this device")
         if self.optimizer == "adamw_8bit" and self.device != "cuda":
             raise PlanError("8-bit AdamW (bitsandbytes) runs on CUDA only; use --optimizer adamw")
+        from .parallel import validate
+
+        validate(self)
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
@@ -403,6 +408,10 @@ def estimate(arch: Arch, s: Setup) -> Estimate:
         g_bytes=g_bytes, full=full, in_rg=in_rg))
     if s.task in ("dpo", "grpo", "ppo"):
         _rl_terms_and_phases(est, arch, s, dt)
+    if s.gpus > 1 or s.strategy == "fsdp2":  # one of several devices
+        from .parallel import apply
+
+        apply(est, arch, s)
     return est
 
 

@@ -146,12 +146,18 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
         g = opts.group_size or 8
         if target % g:
             raise PlanError(f"--target-batch {target} is not a multiple of the group size {g}")
+        if (target // g) % setup.gpus:
+            raise PlanError(f"--target-batch {target} is {target // g} prompts, which do not split over "
+                            f"--gpus {setup.gpus} (each GPU samples whole groups)")
+    if target % setup.gpus:
+        raise PlanError(f"--target-batch {target} does not split over --gpus {setup.gpus}")
+    per_device = target // setup.gpus  # each rank's share of the step: micro-batches and accumulation are per rank
     rl = task in ("grpo", "ppo")
     engine = None
     if rl and setup.rollout_backend == "vllm":
-        engine = _vllm_engine(arch, gpu, setup, target, budget, opts)
+        engine = _vllm_engine(arch, gpu, setup, per_device, budget, opts)
         setup = replace(setup, vllm_engine_bytes=engine["bytes"])
-    found, est, ck_reason = search(arch, replace(setup, rollout_batch=1) if rl else setup, target, budget, opts)
+    found, est, ck_reason = search(arch, replace(setup, rollout_batch=1) if rl else setup, per_device, budget, opts)
     fits = found is not None
     s = found or est.setup
     plan = Plan(arch=arch, gpu=gpu, setup=s, est=est, budget=budget, fits=fits)
@@ -160,18 +166,21 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
     R(Rec("precision", s.precision, precision_reason or s.precision))
     if fits:
         R(Rec("micro_batch", s.micro_batch,
-              f"largest divisor of the target batch {target} whose peak {peak / GiB:.2f} GiB fits "
+              f"largest divisor of the {'per-GPU share of the ' if s.gpus > 1 else ''}target batch {per_device} "
+              f"whose peak {peak / GiB:.2f} GiB fits "
               f"{opts.margin:.0%} of {usable / GiB:.1f} GiB usable ({est.peak_phase.name})"))
     else:
         R(Rec("micro_batch", None,
               f"does not fit: micro-batch 1 peaks at {peak / GiB:.2f} GiB > budget {budget / GiB:.2f} GiB "
               f"({est.peak_phase.name}); {_alternatives(arch, setup, budget)}"))
         plan.warnings.append("the configuration does not fit on this device")
+    gpus = f" x {s.gpus} GPUs ({s.strategy})" if s.gpus > 1 or s.strategy == "fsdp2" else ""
     R(Rec("grad_accum_steps", s.grad_accum,
-          f"{s.micro_batch} x {s.grad_accum} = {s.micro_batch * s.grad_accum} "
+          f"{s.micro_batch} x {s.grad_accum}{gpus} = {s.micro_batch * s.grad_accum * s.gpus} "
           f"{'pairs' if task == 'dpo' else 'sequences'} per optimizer step (target {target})"))
     R(Rec("gradient_checkpointing", s.grad_ckpt, ck_reason))
-    eff = s.micro_batch * s.grad_accum
+    eff = s.micro_batch * s.grad_accum * s.gpus  # the global batch: the lr and the step count follow it
+    eff_device = s.micro_batch * s.grad_accum
     # learning rate
     meth = "full" if s.method == "full" else "lora"
     lr0, b0, src = BASE_LR[(task, meth)]
@@ -225,10 +234,10 @@ def make_plan(arch: Arch, gpu: GPU, setup: Setup, opts: Options, precision_reaso
               "DeepSeekMath's 0.04, with the reference this memory plan includes" if s.ref_model else
               "--no-ref: no KL term (as in DAPO and Dr. GRPO), no reference in memory"))
     if engine is not None:
-        _vllm_recs(plan, engine, s, eff, usable)
+        _vllm_recs(plan, engine, s, eff_device, usable)
     if rl:
-        rb, why = _rollout_batch(arch, s, budget, eff) if engine is None else (
-            eff, f"vLLM: the step's {eff} sequences in one generate() call; its KV pool runs "
+        rb, why = _rollout_batch(arch, s, budget, eff_device) if engine is None else (
+            eff_device, f"vLLM: the step's {eff_device} sequences (per GPU) in one generate() call; its KV pool runs "
                  f"{engine['concurrency']} at a time")
         R(Rec("rollout_batch", rb, why))
         plan.numbers["rollout_batch"] = rb

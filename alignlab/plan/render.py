@@ -56,7 +56,7 @@ def to_yaml(plan: Plan, model_path: str) -> str:
     lora = s.method in ("lora", "qlora")
     dtype = {"auto": "auto", "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[s.weight_dtype]
     name = f"{model_path.rstrip('/').split('/')[-1]}-{s.task}-{s.method}".replace(" ", "_").replace("(", "").replace(")", "")
-    eff = s.micro_batch * s.grad_accum
+    eff = s.micro_batch * s.grad_accum * s.gpus  # global sizes; micro-batches are per GPU
     cfg: dict[str, Any] = {
         "name": name,
         "model": {"path": model_path, "dtype": dtype, "gradient_checkpointing": bool(s.grad_ckpt),
@@ -93,9 +93,15 @@ def to_yaml(plan: Plan, model_path: str) -> str:
                 cfg["ppo"]["kl_coef"] = 0.0
     training["micro_batch"] = s.micro_batch  # rows per forward in every schema
     cfg["training"] = training
-    head = (f"# alignlab {s.task} config written by `alignlab plan` for {plan.gpu.name}: predicted peak "
-            f"{plan.est.peak / GiB:.2f} GiB of a {plan.budget / GiB:.2f} GiB budget ({plan.est.peak_phase.name}).\n"
-            f"# Run it with: alignlab {s.task} -c FILE (add task/data keys for your dataset).\n")
+    several = s.gpus > 1 or s.strategy == "fsdp2"
+    if several:
+        cfg["parallel"] = {"strategy": s.strategy}
+    run = (f"torchrun --nproc-per-node {s.gpus} -m alignlab.cli {s.task} -c FILE" if several
+           else f"alignlab {s.task} -c FILE")
+    head = (f"# alignlab {s.task} config written by `alignlab plan` for {f'{s.gpus} x ' if several else ''}"
+            f"{plan.gpu.name}: predicted peak {plan.est.peak / GiB:.2f} GiB of a {plan.budget / GiB:.2f} GiB budget"
+            f"{' per GPU' if several else ''} ({plan.est.peak_phase.name}).\n"
+            f"# Run it with: {run} (add task/data keys for your dataset).\n")
     if s.task in ("grpo", "ppo"):
         head += (f"# Prompts are assumed <= {s.prompt_len} tokens; the planner sized the KV cache for "
                  f"{s.prompt_len} + {s.gen_len} tokens per sequence.\n")
@@ -119,7 +125,9 @@ def print_rich(plan: Plan, console=None) -> None:
     con = console or Console()
     a, e, s = plan.arch, plan.est, plan.setup
     pc = e.params
-    con.print(f"[bold]alignlab plan[/]: {a.name} | {s.method} | {s.task} | {plan.gpu.label} | "
+    several = s.gpus > 1 or s.strategy == "fsdp2"
+    con.print(f"[bold]alignlab plan[/]: {a.name} | {s.method} | {s.task} | "
+              f"{f'{s.gpus} x ' if several else ''}{plan.gpu.label}{f' ({s.strategy}, memory per GPU)' if several else ''} | "
               f"seq {s.seq_len if s.task in ('sft', 'dpo') else s.prompt_len + s.gen_len} | {s.precision}")
     con.print(f"  {a.model_type}: {a.layers} layers, hidden {a.hidden}, heads {a.heads}/{a.kv_heads} kv x {a.head_dim}, "
               f"MLP {a.intermediate}, vocab {a.vocab:,}{', tied' if a.tied else ''}"
@@ -171,4 +179,5 @@ def print_rich(plan: Plan, console=None) -> None:
     for w in plan.warnings:
         con.print(f"[yellow]warning[/]: {w}")
     verdict = ("[green]fits[/]" if plan.fits else "[red]does not fit[/]")
-    con.print(f"{verdict}: peak {e.peak / GiB:.2f} GiB in '{peak.name}' of {plan.budget / GiB:.2f} GiB budget")
+    con.print(f"{verdict}: peak {e.peak / GiB:.2f} GiB{' per GPU' if several else ''} in '{peak.name}' of "
+              f"{plan.budget / GiB:.2f} GiB budget")

@@ -12,10 +12,10 @@ from `common`, never from each other.
 from __future__ import annotations
 
 from ..config import ConfigError
-from .common import Rollout, cut, mismatch_stats, starts_with_bos, step_seed
+from .common import Rollout, cut, mismatch_stats, request_seeds, starts_with_bos, step_seed
 from .hf import DECODERS, HFSampler, decode_static, generate, top_p_filter
 
-__all__ = ["DECODERS", "HFSampler", "Rollout", "cut", "decode_static", "generate", "make_sampler", "mismatch_stats",
+__all__ = ["DECODERS", "HFSampler", "Rollout", "cut", "decode_static", "generate", "make_sampler", "mismatch_stats", "request_seeds",
            "starts_with_bos", "step_seed", "top_p_filter"]
 
 
@@ -27,7 +27,10 @@ def make_sampler(sampling, policy, tokenizer, model_cfg, lora_cfg, precision, se
         if sampling.hf_decode == "cuda_graphs" and not cuda:
             raise ConfigError("sampling.hf_decode=cuda_graphs needs a CUDA device; use sampling.hf_decode=static "
                               "(the same static-cache loop without graphs) or generate")
-        decode = sampling.hf_decode if sampling.hf_decode != "auto" else ("cuda_graphs" if cuda else "generate")
+        from ..distributed import current
+
+        graphs = cuda and not current().lockstep  # fsdp2's synced decoding needs generate
+        decode = sampling.hf_decode if sampling.hf_decode != "auto" else ("cuda_graphs" if graphs else "generate")
         return HFSampler(policy, tokenizer, sampling.batch_size, decode)
     from .vllm import VLLMSampler
 

@@ -68,6 +68,13 @@ def mismatch_stats(train_logps: torch.Tensor, sampling_logps: torch.Tensor, mask
             "mismatch/ratio_mean": d.exp().mean().item()}
 
 
+def request_seeds(seed: int | None, n_prompts: int, n: int) -> list[int | None]:
+    """One seed per prompt; the k-th of its n samples uses seed + k (vLLM's rule), so prompts get disjoint ranges."""
+    if seed is None:
+        return [None] * n_prompts
+    return [(seed * 1_000_003 + i * n) % (2**62) for i in range(n_prompts)]
+
+
 def step_seed(run_seed: int, step: int, draw: int = 0) -> int:
     """The sampling seed of a loop's step (and of a redraw within it): rollouts are a function of
     (run seed, step), so a resumed run samples what the uninterrupted one did (vLLM backend)."""

@@ -16,14 +16,18 @@ import weakref
 
 import torch
 
-from .common import Rollout, cut, starts_with_bos
+from .common import Rollout, cut, request_seeds, starts_with_bos
 
 
 class _SampleAndRecord:
-    """The only warper in the chain: temperature, top-p; records the sampled tokens' log-probs."""
+    """The only warper in the chain: temperature, top-p; records the sampled tokens' log-probs.
 
-    def __init__(self, temperature: float, top_p: float):
-        self.temperature, self.top_p = temperature, top_p
+    With `uniforms` (rows, max_new_tokens), it also draws each row's token itself, by the inverse CDF at
+    that row's uniform for the step, and hands `generate` a distribution with all its mass on that token:
+    each row's samples then depend on its own seed only, not on the batch it shares (`generate(seeds=)`)."""
+
+    def __init__(self, temperature: float, top_p: float, uniforms: torch.Tensor | None = None):
+        self.temperature, self.top_p, self.uniforms = temperature, top_p, uniforms
         self.prev: torch.Tensor | None = None
         self.steps: list[torch.Tensor] = []
 
@@ -34,6 +38,9 @@ class _SampleAndRecord:
         if self.top_p < 1.0:
             z = top_p_filter(z, self.top_p)
         self.prev = torch.log_softmax(z, dim=-1)
+        if self.uniforms is not None:
+            tok = inverse_cdf(self.prev.exp(), self.uniforms[:, len(self.steps)])
+            return torch.full_like(z, float("-inf")).scatter_(-1, tok[:, None], 0.0)
         return z
 
     def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
@@ -42,6 +49,20 @@ class _SampleAndRecord:
             self.steps.append(self.prev.gather(-1, last_tokens[:, None]).squeeze(-1))
             self.prev = None
         return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(len(last_tokens), 0)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities and (B,) uniforms in (0, 1] -> (B,) tokens: the first token whose cumulative
+    probability reaches u (scaled by the row's total, so float rounding cannot step past the last one)."""
+    cdf = probs.float().cumsum(-1)
+    tok = torch.searchsorted(cdf, (u.to(cdf) * cdf[:, -1]).unsqueeze(-1)).squeeze(-1)
+    return tok.clamp(max=probs.shape[-1] - 1)
+
+
+def row_uniforms(seeds: list[int], n: int, steps: int) -> torch.Tensor:
+    """(len(seeds) * n, steps) uniforms in (0, 1]: row (i, k) from its own generator seeded seeds[i] + k."""
+    return torch.stack([1.0 - torch.rand(steps, generator=torch.Generator().manual_seed(s + k), dtype=torch.float64)
+                        for s in seeds for k in range(n)]).float()
 
 
 def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -60,16 +81,17 @@ FINISH_CHECK_EVERY = 8  # decode steps between host syncs that ask whether every
 PROMPT_BUCKET = 16  # static loop: prompts are left-padded to a multiple of this, so shapes (and graphs) repeat
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _pick(logits: torch.Tensor, temperature: float, top_p: float,
+          u: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode step's choice from (B, V) logits -> (tokens (B,), their log-probs (B,)) under the
     distribution drawn from (temperature, top-p; greedy records temperature-1 log-probs, as
-    `_SampleAndRecord` does for `generate`)."""
+    `_SampleAndRecord` does for `generate`). `u` (B,): each row's uniform for this step (seeded rows)."""
     if temperature > 0:
         z = logits.float() / temperature
         if top_p < 1.0:
             z = top_p_filter(z, top_p)
         logp = torch.log_softmax(z, dim=-1)
-        tok = torch.multinomial(logp.exp(), 1).squeeze(-1)
+        tok = torch.multinomial(logp.exp(), 1).squeeze(-1) if u is None else inverse_cdf(logp.exp(), u)
     else:
         logp = torch.log_softmax(logits.float(), dim=-1)
         tok = logits.argmax(-1)
@@ -112,7 +134,7 @@ def _static_cache_and_step(model, batch: int, length: int, graphs: bool):
 @torch.no_grad()
 def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, max_new_tokens: int, n: int = 1,
                   temperature: float = 0.0, top_p: float = 1.0, eos_id: int, pad_id: int, stop_hit=None,
-                  graphs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  graphs: bool = False, uniforms: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode over a static KV cache: every tensor of the per-token step has a fixed shape and address,
     so the step can be captured in CUDA graphs (`graphs=True`: torch.compile, mode reduce-overhead)
     and replayed without per-kernel launch cost. The same code runs eagerly on CPU and MPS.
@@ -142,7 +164,7 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     logps = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
     for i in range(max_new_tokens):
-        tok, lp = _pick(logits, temperature, top_p)
+        tok, lp = _pick(logits, temperature, top_p, None if uniforms is None else uniforms[:, i])
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         tokens[:, i], logps[:, i] = tok, lp
         done |= tok == eos_id
@@ -167,9 +189,13 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, stop: list[str] | None = None, batch_size: int = 64,
-             return_logprobs: bool = False, decode: str = "generate") -> Rollout:
+             return_logprobs: bool = False, decode: str = "generate", seeds: list[int] | None = None) -> Rollout:
     """Sample `n` completions per prompt (greedy when temperature == 0). Output order follows the
     input; completion ids end at EOS or at the token that completes a stop string.
+
+    seeds: one per prompt (`request_seeds`): sample k of prompt i draws from its own generator seeded
+    seeds[i] + k, so what a prompt gets does not depend on the other prompts, their batching, or the rank
+    that samples it (data-parallel runs). None: the global torch RNG, one stream for the whole batch.
 
     decode: one of DECODERS. "generate" is transformers' `generate` with its dynamic KV cache;
     "static" is alignlab's own loop over a static KV cache (`decode_static`); "cuda_graphs" is that
@@ -178,7 +204,12 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
         raise ValueError(f"decode={decode!r}; choose one of {', '.join(DECODERS)}")
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    from ..distributed import current
+
+    dist = current()
+    synced = dist.lockstep  # FSDP2: every rank runs each decode step, until all ranks are done
+    # FSDP2: the compute device (the shards may sit in CPU memory with parallel.fsdp2.cpu_offload)
+    device = dist.device if synced else next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_prompt: list[list[tuple]] = [[] for _ in prompts]
     old_side = tokenizer.padding_side
@@ -190,12 +221,14 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
             enc = tokenizer(texts, return_tensors="pt", padding=True,
                             add_special_tokens=not starts_with_bos(tokenizer, texts[0])).to(device)
             kwargs = dict(max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.eos_token_id)
+                          eos_token_id=tokenizer.eos_token_id, synced_gpus=synced)
+            uniforms = (row_uniforms([seeds[i] for i in idx], n, max_new_tokens).to(device)
+                        if seeds is not None and temperature > 0 else None)
             if stop:
                 kwargs.update(stop_strings=stop, tokenizer=tokenizer)
             recorder = None
             if temperature > 0:
-                recorder = _SampleAndRecord(temperature, top_p)
+                recorder = _SampleAndRecord(temperature, top_p, uniforms)
                 kwargs.update(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, logits_processor=[recorder])
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -211,7 +244,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
                     model, enc["input_ids"], enc["attention_mask"], max_new_tokens=max_new_tokens, n=n,
                     temperature=temperature, top_p=top_p, eos_id=tokenizer.eos_token_id,
                     pad_id=tokenizer.pad_token_id, stop_hit=_stop_checker(tokenizer, stop),
-                    graphs=decode == "cuda_graphs")
+                    graphs=decode == "cuda_graphs", uniforms=uniforms)
             for j, row in enumerate(new.tolist()):
                 i = idx[j // n]
                 ids = cut(row, tokenizer, stop)
@@ -229,7 +262,9 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, n: in
 
 class HFSampler:
     """`generate()` on the policy itself with transformers: nothing to sync after an update.
-    (The torch RNG it samples with is saved in checkpoints, so `seed` is not needed for exact resume.)"""
+    `seed` (the step's, `step_seed`) gives every prompt its own seed (`request_seeds`), as the vLLM backend
+    does; a list is the prompts' own seeds (a data-parallel rank's share of the step's). Without a seed it
+    samples from the global torch RNG."""
 
     name = "hf"
 
@@ -239,6 +274,9 @@ class HFSampler:
     def sync(self) -> None:
         pass
 
-    def generate(self, prompts: list[str], *, seed: int | None = None, batch_size: int | None = None, **kw) -> Rollout:
+    def generate(self, prompts: list[str], *, seed: int | list[int] | None = None, batch_size: int | None = None,
+                 **kw) -> Rollout:
+        seeds = seed if isinstance(seed, list) else (
+            None if seed is None else request_seeds(seed, len(prompts), kw.get("n", 1)))
         return generate(self.model, self.tokenizer, prompts, batch_size=batch_size or self.batch_size,
-                        decode=self.decode, **kw)
+                        decode=self.decode, seeds=seeds, **kw)

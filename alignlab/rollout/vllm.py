@@ -35,7 +35,7 @@ from typing import Iterator
 import torch
 
 from ..config import ConfigError, LoRAConfig, ModelConfig, VLLMConfig
-from .common import Rollout, cut, starts_with_bos
+from .common import Rollout, cut, request_seeds, starts_with_bos
 
 _VLLM_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
@@ -120,13 +120,6 @@ def refresh_tied_head(model) -> bool:
     return True
 
 
-def request_seeds(seed: int | None, n_prompts: int, n: int) -> list[int | None]:
-    """One seed per prompt; vLLM gives the k-th of its n samples seed + k, so prompts get disjoint ranges."""
-    if seed is None:
-        return [None] * n_prompts
-    return [(seed * 1_000_003 + i * n) % (2**62) for i in range(n_prompts)]
-
-
 def to_rollout(outputs, prompts: list[str], prompt_ids: list[list[int]], tokenizer, *, n: int,
                stop: list[str] | None, return_logprobs: bool) -> Rollout:
     """vLLM `RequestOutput`s (one per prompt, in order) -> a `Rollout` cut exactly like the HF backend's."""
@@ -200,7 +193,7 @@ class VLLMSampler:
     @torch.no_grad()
     def generate(self, prompts: list[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
                  top_p: float = 1.0, stop: list[str] | None = None, return_logprobs: bool = False,
-                 seed: int | None = None, batch_size: int | None = None) -> Rollout:
+                 seed: int | list[int] | None = None, batch_size: int | None = None) -> Rollout:
         from vllm import SamplingParams
 
         self._wake()
@@ -210,7 +203,7 @@ class VLLMSampler:
                                  max_tokens=max_new_tokens, stop=list(stop) if stop else None,
                                  include_stop_str_in_output=True, stop_token_ids=[tok.eos_token_id],
                                  logprobs=0 if return_logprobs else None, seed=s)
-                  for s in request_seeds(seed, len(prompts), n)]
+                  for s in (seed if isinstance(seed, list) else request_seeds(seed, len(prompts), n))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         if self.cfg.sleep:
             self.llm.sleep(level=2)

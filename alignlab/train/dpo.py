@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, losses, models, optim, tracking
+from .. import checkpoint, data, distributed, losses, models, optim, tracking
 from ..config import DPOConfig
 from ..step import micro_logps, to_device
 
@@ -107,6 +107,7 @@ def reference_logps(model, pairs, pad_id, device, prec, micro: int, use_adapter_
 
 def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     t, d = cfg.training, cfg.dpo
+    dist = distributed.setup(cfg)  # torchrun ranks (docs/distributed.md); a no-op in one process
     tok = models.start_tokenizer(cfg.model.path)
     train = data.encode_pairs(data.load_pref_examples(cfg.data.train, "train", cfg.seed, cfg.data.n_train), tok, cfg.data)
     held = (data.encode_pairs(data.load_pref_examples(cfg.data.eval, "eval", cfg.seed, cfg.data.n_eval), tok, cfg.data)
@@ -117,23 +118,26 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
     pack = cfg.data.max_seq_len if cfg.data.packing else None
+    policy = dist.wrap(policy)
     mode = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
     if d.loss in REFERENCE_FREE:
         mode = "none"
     ref_model = None
     if mode == "copy":
-        ref_model = models.load_frozen_reference(cfg.model, t.precision)
+        ref_model = dist.wrap(models.load_frozen_reference(cfg.model, t.precision), train=False)
     cache = {}
     if mode == "precomputed":
         path = cfg.run_dir / "reference_logps.pt"
-        if path.exists():  # written before step 1 of this run: a resume must not recompute from the trained policy
+        if dist.broadcast(path.exists()):  # written before step 1 of this run: a resume must not recompute it
             cache = torch.load(path)
-        else:
+        else:  # each rank computes its block of the pairs; every rank gets them all
             ref = lambda pairs: reference_logps(policy, pairs, tok.pad_token_id, device, prec, t.micro_batch, False,  # noqa: E731
                                                 pack, t.max_tokens_per_micro_batch)
-            cache = {"train": ref(train), "eval": ref(held)}
-            torch.save(cache, path.with_suffix(".tmp"))  # renamed when complete: a kill mid-write leaves no torn cache
-            path.with_suffix(".tmp").replace(path)
+            cache = {"train": dist.map_sharded(ref, train), "eval": dist.map_sharded(ref, held)}
+            if dist.is_main:
+                torch.save(cache, path.with_suffix(".tmp"))  # renamed when complete: a kill mid-write leaves no torn cache
+                path.with_suffix(".tmp").replace(path)
+            dist.barrier()
 
     def ref_for(split: str, idx: list[int], pairs):
         if mode == "none":
@@ -179,8 +183,9 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
             t0 = time.perf_counter()
             idx_all = sampler.indices(step)
             n_pairs = len(idx_all)  # the step's normaliser, fixed before the micro-batches
+            mine = dist.shard(idx_all)  # this rank's pairs; the micro-batches are per rank
             agg: dict[str, float] = {}
-            for idx in micro_batches(train, idx_all, t.micro_batch, t.max_tokens_per_micro_batch, bool(pack)):
+            for idx in micro_batches(train, mine, t.micro_batch, t.max_tokens_per_micro_batch, bool(pack)):
                 pairs = [train[j] for j in idx]
                 lp, n = pair_logps(policy, pairs, tok.pad_token_id, device, prec, pack)
                 per_pair, stats = LOSSES[d.loss](lp, ref_for("train", idx, pairs), n, d)
@@ -190,6 +195,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
                 stats = {**stats, "logps/chosen": lp["c"].detach(), "logps/rejected": lp["r"].detach()}
                 for k, v in stats.items():
                     agg[k] = agg.get(k, 0.0) + v.sum().item() / n_pairs
+            agg = dist.sum(agg)  # the whole step's loss and statistics, on every rank
             grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler,
                                    guard=run.watchdog.guard(step + 1, agg["loss/train"]))
             done, dt = step + 1, time.perf_counter() - t0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, models, optim, rollout, tasks, tracking
+from .. import checkpoint, data, distributed, models, optim, rollout, tasks, tracking
 from ..config import EIConfig
 from ..step import accumulate_step
 
@@ -38,10 +38,12 @@ def kept_examples(examples: list[dict], ro: rollout.Rollout, scores: list[dict],
 
 def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     e, t, s = cfg.ei, cfg.training, cfg.sampling
+    dist = distributed.setup(cfg)  # torchrun ranks (docs/distributed.md); a no-op in one process
     task = tasks.load(cfg.task, cfg.seed)
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    policy = dist.wrap(policy)
     sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     # An upper bound on updates (every sample correct) sizes the schedule.
     max_updates = t.total_steps * e.sft_epochs * math.ceil(e.questions_per_round * e.group_size / e.global_batch_seqs)
@@ -58,13 +60,14 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
     with run.progress(t.total_steps, start, cfg.name, every=t.log_every) as bar:
         for rnd in range(start, t.total_steps):
             t0 = time.perf_counter()
-            examples = task.sample_train(e.questions_per_round, rnd)
+            examples = dist.shard(task.sample_train(e.questions_per_round, rnd))  # this rank's questions
             ro = sampler.generate([x["prompt"] for x in examples], max_new_tokens=s.max_new_tokens, n=e.group_size,
                                   temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
-                                  seed=rollout.step_seed(cfg.seed, rnd))
+                                  seed=dist.seeds(rollout.step_seed(cfg.seed, rnd), e.questions_per_round, e.group_size))
             scores = [task.reward(c, examples[i // e.group_size]) for i, c in enumerate(ro.completions)]
-            per_q = torch.tensor([x["reward"] for x in scores]).view(-1, e.group_size)
-            items = kept_examples(examples, ro, scores, e.dedupe)
+            per_q = dist.cat(torch.tensor([x["reward"] for x in scores]).view(-1, e.group_size))
+            # every rank's kept samples, in question order: the round's SFT data is the same everywhere
+            items = [x for part in dist.gather(kept_examples(examples, ro, scores, e.dedupe)) for x in part]
             t1 = time.perf_counter()
             losses_, n_updates, n_seen = [], 0, 0
             for epoch in range(e.sft_epochs):
@@ -72,9 +75,10 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
                 random.Random(f"{cfg.seed}-{rnd}-{epoch}").shuffle(order)
                 for b in range(0, len(order), e.global_batch_seqs):
                     batch = [items[i] for i in order[b : b + e.global_batch_seqs]]
-                    loss, seen = accumulate_step(policy, batch, tok.pad_token_id, device, prec,
+                    loss, seen = accumulate_step(policy, dist.shard(batch), tok.pad_token_id, device, prec,
                                                  micro_batch_seqs=t.micro_batch, normalizer=e.loss_normalizer,
-                                                 scaler=scaler, max_tokens=t.max_tokens_per_micro_batch)
+                                                 scaler=scaler, max_tokens=t.max_tokens_per_micro_batch, step_items=batch)
+                    loss, seen = dist.sum([loss, seen])
                     optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler, guard=run.watchdog.guard(rnd + 1, loss))
                     losses_.append(loss)
                     n_updates += 1

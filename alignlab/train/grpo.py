@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .. import advantages as A
-from .. import checkpoint, data, losses, models, optim, rollout, tasks, tracking
+from .. import checkpoint, data, distributed, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
 from ..logprobs import get_response_log_probs, packed_response_log_probs
 
@@ -63,12 +63,16 @@ KL = losses.KL_ESTIMATORS  # KL(policy || reference) per token (`rl.kl_estimator
 
 
 def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
-    """Rollouts + rewards for one step; with dynamic sampling, zero-signal groups are redrawn."""
+    """Rollouts + rewards for one step; with dynamic sampling, zero-signal groups are redrawn.
+    Data-parallel ranks: this rank's block of the step's prompts, each with its whole group, sampled with
+    the seeds one process gives them; redraws are this rank's own."""
     s, rl = cfg.sampling, cfg.rl
-    examples = task.sample_train(rl.prompts_per_step, step)
+    dist = distributed.current()
+    examples = dist.shard(task.sample_train(rl.prompts_per_step, step))
     gen = dict(max_new_tokens=s.max_new_tokens, n=rl.group_size, temperature=s.temperature, top_p=s.top_p,
                stop=s.stop or task.stop, batch_size=s.batch_size, return_logprobs=True)
-    ro = sampler.generate([e["prompt"] for e in examples], seed=rollout.step_seed(cfg.seed, step), **gen)
+    ro = sampler.generate([e["prompt"] for e in examples], **gen,
+                          seed=dist.seeds(rollout.step_seed(cfg.seed, step), rl.prompts_per_step, rl.group_size))
     scores = [task.reward(c, examples[i // rl.group_size]) for i, c in enumerate(ro.completions)]
     rounds = 0
     while rl.dynamic_sampling and rounds < rl.max_resample_rounds:
@@ -76,8 +80,9 @@ def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
         if not dead:
             break
         rounds += 1
-        fresh = task.sample_train(len(dead), step * 1000 + rounds)
-        ro2 = sampler.generate([e["prompt"] for e in fresh], seed=rollout.step_seed(cfg.seed, step, rounds), **gen)
+        fresh = task.sample_train(len(dead), dist.local_key(step * 1000 + rounds))
+        ro2 = sampler.generate([e["prompt"] for e in fresh], seed=dist.local_key(rollout.step_seed(cfg.seed, step, rounds)),
+                               **gen)
         for k, g in enumerate(dead):  # replace group g by fresh group k
             examples[g] = fresh[k]
             sl = slice(g * rl.group_size, (g + 1) * rl.group_size)
@@ -90,15 +95,17 @@ def sample_groups(sampler, task, cfg: GRPOConfig, step: int):
 
 def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     rl, t = cfg.rl, cfg.training
+    dist = distributed.setup(cfg)  # torchrun ranks (docs/distributed.md); a no-op in one process
     task = tasks.load(cfg.task, cfg.seed)
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
+    policy = dist.wrap(policy)
     sampler = rollout.make_sampler(cfg.sampling, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     reference = None
     if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled
-        reference = models.load_frozen_reference(cfg.model, t.precision)
+        reference = dist.wrap(models.load_frozen_reference(cfg.model, t.precision), train=False)
     n_updates = t.total_steps * rl.epochs_per_rollout_batch
     opt, sched = optim.build(policy, cfg.optim, n_updates)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
@@ -109,7 +116,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
         metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
         run.samples(0, rows)
-    n_seqs = rl.prompts_per_step * rl.group_size
+    n_seqs = rl.prompts_per_step * rl.group_size  # the whole step's, over all ranks
 
     def log_probs(model, mb, **kw):  # per-token log-probs (B, T); rl.packing: computed without the padding
         if rl.packing:
@@ -127,9 +134,13 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             adv = ADVANTAGES[rl.advantage](rewards, rl)  # (B,)
             batch = ro.tensors(tok.pad_token_id)
             batch.update(rewards=rewards, advantages=adv)
+            # the whole step's rewards, advantages and lengths (every rank's groups) for the logs
+            rewards_all, adv_all, resp_len = dist.cat(torch.stack(
+                [rewards, adv, batch["response_mask"].sum(-1).float()], 1)).unbind(1)
             t2 = time.perf_counter()
+            n_local = len(rewards)  # this rank's sequences (all of them with one process)
             lengths = batch["attention_mask"].sum(-1).tolist()
-            order = sorted(range(n_seqs), key=lambda i: lengths[i]) if t.max_tokens_per_micro_batch else range(n_seqs)
+            order = sorted(range(n_local), key=lambda i: lengths[i]) if t.max_tokens_per_micro_batch else range(n_local)
             mbs = [{k: v[idx].to(device) for k, v in batch.items()} for idx in data.budget_micro_batches(
                 list(order), [(lengths[i],) for i in order], t.micro_batch, t.max_tokens_per_micro_batch, rl.packing)]
             # Old log-probs need their own pass only when later epochs go off-policy; on-policy, the
@@ -143,7 +154,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                         if rl.kl_coef > 0:  # the frozen copy, or the LoRA policy with adapters off
                             mb["ref_logps"] = models.reference_logps(policy, reference, mb, cfg.sampling.temperature)
             mask_all = batch["response_mask"]
-            n_tokens = int(mask_all.sum())
+            n_tokens = dist.sum(int(mask_all.sum()))  # response tokens of the whole step
             stats: dict[str, float] = {}
             for epoch in range(rl.epochs_per_rollout_batch):
                 agg = {"loss/policy": 0.0, "clip/frac": 0.0, "clip/low_frac": 0.0, "clip/high_frac": 0.0,
@@ -175,8 +186,9 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                                       ("ratio", "ratio/mean")):
                         if key in meta:
                             agg[name] += losses.masked_normalize(meta[key].float(), m, normalize_constant=n_tokens).item()
+                agg = dist.sum(agg)  # each term is already divided by the whole step's counts
                 grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler, guard=run.watchdog.guard(
-                    step + 1, agg["loss/policy"], {**agg, "response/len_mean": mask_all.sum(-1).float().mean().item()}))
+                    step + 1, agg["loss/policy"], {**agg, "response/len_mean": resp_len.mean().item()}))
                 if epoch == 0:
                     stats.update(agg)  # epoch 0 is on-policy: ratio/mean is exactly 1 there
                 else:
@@ -184,22 +196,21 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             sampler.sync()  # vLLM: push the new weights before the next rollout
             t3 = time.perf_counter()
             # training-side log-probs vs the sampler's: nonzero with top-p, half precision, or another engine
-            stats.update(rollout.mismatch_stats(torch.cat([mb["old_logps"].flatten() for mb in mbs]),
-                                                torch.cat([mb["sampling_logps"].flatten() for mb in mbs]),
-                                                torch.cat([mb["response_mask"].flatten() for mb in mbs])))
+            stats.update(rollout.mismatch_stats(*(dist.cat(torch.cat([mb[k].flatten() for mb in mbs]))
+                                                  for k in ("old_logps", "sampling_logps", "response_mask"))))
+            rewards, adv = rewards_all, adv_all
             g = rewards.view(-1, rl.group_size)
-            resp_len = mask_all.sum(-1).float()
+            parts = dist.sum({k: sum(x[k] for x in scores) for k in ("format_reward", "answer_reward")})
             done = step + 1
             run.end_step(done, t.total_steps, {**stats, **{
                 "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
-                "reward/format": sum(x["format_reward"] for x in scores) / len(scores),
-                "reward/answer": sum(x["answer_reward"] for x in scores) / len(scores),
+                "reward/format": parts["format_reward"] / len(rewards), "reward/answer": parts["answer_reward"] / len(rewards),
                 "adv/mean": adv.mean().item(), "adv/std": adv.std().item(), "adv/max": adv.max().item(), "adv/min": adv.min().item(),
                 "groups/no_signal_frac": (g.max(1).values == g.min(1).values).float().mean().item(),
                 "groups/resample_rounds": resampled, "response/len_mean": resp_len.mean().item(),
                 "grad/norm": grad_norm, "lr": sched.get_last_lr()[0],
                 "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
-                "tokens/per_s": batch["attention_mask"].sum().item() / (t3 - t0),
+                "tokens/per_s": dist.sum(batch["attention_mask"].sum().item()) / (t3 - t0),
                 "mem/peak_gb": tracking.peak_memory_gb(device)}}, shown=f"r={rewards.mean().item():.3f}",
                 evaluate=lambda: tasks.evaluate_run(policy, tok, task, cfg, sampler), eval_every=t.eval_every,
                 save=lambda s: checkpoint.save(cfg.run_dir, s, policy, tok, opt, sched, t.keep_last, scaler=scaler),

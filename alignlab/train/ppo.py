@@ -35,18 +35,20 @@ from pathlib import Path
 import torch
 
 from .. import advantages as A
-from .. import checkpoint, critics, losses, models, optim, rollout, tasks, tracking
+from .. import checkpoint, critics, distributed, losses, models, optim, rollout, tasks, tracking
 from ..config import PPOConfig
 from ..rewards.scorer import build_scorer
 
 
 def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     p, t, s = cfg.ppo, cfg.training, cfg.sampling
+    dist = distributed.setup(cfg)  # torchrun ranks (docs/distributed.md); a no-op in one process
     task = tasks.load(cfg.task, cfg.seed)
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     critics.check_resume(resume_from, p.critic)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    policy = dist.wrap(policy)
     critic = critics.build(cfg, policy, tok, t.precision, resume_from, device)
     models.disable_dropout(policy)
     sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
@@ -69,10 +71,10 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     with run.progress(t.total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, t.total_steps):
             t0 = time.perf_counter()
-            examples = task.sample_train(p.rollout_size, step)
+            examples = dist.shard(task.sample_train(p.rollout_size, step))  # this rank's prompts
             ro = sampler.generate([e["prompt"] for e in examples], max_new_tokens=s.max_new_tokens, n=1,
                                   temperature=s.temperature, top_p=s.top_p, stop=s.stop or task.stop,
-                                  return_logprobs=True, seed=rollout.step_seed(cfg.seed, step))
+                                  return_logprobs=True, seed=dist.seeds(rollout.step_seed(cfg.seed, step), p.rollout_size, 1))
             t1 = time.perf_counter()
             scores, parts = score(examples, ro.completions)  # (B,)
             t2 = time.perf_counter()
@@ -88,20 +90,22 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
             last = (mask.long().cumsum(-1) * mask).argmax(-1)  # index of the last response token
             rewards_tok[torch.arange(len(last), device=device), last] += scores.to(device)
             adv, returns = A.gae(rewards_tok, old_values, mask, p.gamma, p.lam)
-            if p.whiten_advantages:
-                adv = A.whiten(adv, mask)
+            if p.whiten_advantages:  # over every rank's response tokens
+                adv = A.whiten(adv, mask, over=dist.cat(adv[mask.bool()]))
             agg = {"loss/policy": 0.0, "value/loss": 0.0, "entropy/mean": 0.0, "ppo/approx_kl": 0.0, "clip/frac": 0.0,
                    "value/clip_frac": 0.0}
             n_mb, epochs_run = 0, 0
+            n_local, mb_local = len(examples), p.minibatch_seqs // dist.world  # each minibatch: an equal share per rank
             for epoch in range(p.num_ppo_epochs):
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + epoch)
-                perm = torch.randperm(p.rollout_size, generator=g).tolist()
+                g = torch.Generator().manual_seed(dist.local_key(cfg.seed * 1_000_003 + step * 101 + epoch))
+                perm = torch.randperm(n_local, generator=g).tolist()
                 epoch_kl = 0.0
-                for i in range(0, p.rollout_size, p.minibatch_seqs):  # one optimizer step per minibatch
-                    rows = perm[i : i + p.minibatch_seqs]
-                    n_tok = max(int(mask[torch.tensor(rows, device=device)].sum()), 1)  # fixed before its micro-batches
+                for i in range(0, n_local, mb_local):  # one optimizer step per minibatch; an equal share per rank
+                    rows = perm[i : i + mb_local]
+                    # the minibatch's tokens on every rank, fixed before its micro-batches
+                    n_tok = max(dist.sum(int(mask[torch.tensor(rows, device=device)].sum())), 1)
                     step_loss, step_ent = 0.0, 0.0
-                    for j in range(0, p.minibatch_seqs, t.micro_batch):  # every term is a sum / n_tok: they add up
+                    for j in range(0, mb_local, t.micro_batch):  # every term is a sum / n_tok: they add up
                         idx = torch.tensor(rows[j : j + t.micro_batch], device=device)
                         mb = {k: v[idx] for k, v in batch.items()}
                         m = mask[idx]
@@ -124,31 +128,37 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                                      ("clip/frac", losses.masked_normalize(meta["clipped"].float(), m,
                                                                            normalize_constant=n_tok).item())):
                             agg[k] += v
+                    loss_all, ent_all = dist.sum([step_loss, step_ent])  # the minibatch's, over every rank
                     optim.step(trainable, opt, sched, cfg.optim.max_grad_norm, scaler,
-                               guard=run.watchdog.guard(step + 1, step_loss, {"entropy/mean": step_ent}))
+                               guard=run.watchdog.guard(step + 1, loss_all, {"entropy/mean": ent_all}))
                     n_mb += 1
                 epochs_run += 1
-                if p.early_stop_kl and epoch_kl / (p.rollout_size // p.minibatch_seqs) > p.early_stop_kl:
+                if p.early_stop_kl and dist.sum(epoch_kl) / (p.rollout_size // p.minibatch_seqs) > p.early_stop_kl:
                     break
             sampler.sync()  # vLLM: push the new weights before the next rollout
-            kl_seq = kl_tok.sum(-1).mean().item()  # nats per sequence, under the rollout policy
+            agg = dist.sum(agg)  # each minibatch term is divided by the minibatch's tokens on every rank
+            kl_seq = dist.sum(kl_tok.sum().item()) / p.rollout_size  # nats per sequence, under the rollout policy
             if p.adaptive_kl:  # Ziegler et al.: proportional controller, error clipped to +-20%
                 err = max(-0.2, min(0.2, kl_seq / p.kl_target - 1))
                 kl_coef *= 1 + err * p.rollout_size / p.kl_horizon
             t3 = time.perf_counter()
             m_all = mask.bool()
-            var_r = returns[m_all].var()
+            # the whole rollout's numbers for the log: every rank's sequences and response tokens
+            returns_all, values_all, adv_all = (dist.cat(x[m_all].float()) for x in (returns, old_values, adv))
+            scores, lengths = dist.cat(scores.float().cpu()), dist.cat(mask.sum(-1).float())
+            parts = {k: v / dist.world for k, v in dist.sum(parts).items()}  # equal shares: the mean of the means
+            var_r = returns_all.var()
             done = step + 1
             run.end_step(done, t.total_steps, {**{k: v / max(n_mb, 1) for k, v in agg.items()}, **parts, **{
                 "reward/score": scores.mean().item(), "reward/score_std": scores.std().item() if len(scores) > 1 else 0.0,
-                "returns/mean": returns[m_all].mean().item(), "adv/mean": adv[m_all].mean().item(),
-                "value/explained_variance": (1 - (returns[m_all] - old_values[m_all]).var() / var_r).item()
+                "returns/mean": returns_all.mean().item(), "adv/mean": adv_all.mean().item(),
+                "value/explained_variance": (1 - (returns_all - values_all).var() / var_r).item()
                 if var_r > 0 else 0.0,
-                **rollout.mismatch_stats(old_logps, batch["sampling_logps"], mask),
+                **rollout.mismatch_stats(*(dist.cat(x.flatten()) for x in (old_logps, batch["sampling_logps"], mask))),
                 "kl/ref": kl_seq, "kl/coef": kl_coef, "ppo/epochs_run": epochs_run,
-                "response/len_mean": mask.sum(-1).float().mean().item(), "lr": sched.get_last_lr()[0],
+                "response/len_mean": lengths.mean().item(), "lr": sched.get_last_lr()[0],
                 "time/rollout": t1 - t0, "time/score": t2 - t1, "time/train": t3 - t2,
-                "tokens/per_s": batch["attention_mask"].sum().item() * (1 + epochs_run) / (t3 - t0),
+                "tokens/per_s": dist.sum(batch["attention_mask"].sum().item()) * (1 + epochs_run) / (t3 - t0),
                 "mem/peak_gb": tracking.peak_memory_gb(device)}}, shown=f"r={scores.mean().item():.3f}",
                 evaluate=lambda: tasks.evaluate_run(policy, tok, task, cfg, sampler), eval_every=t.eval_every,
                 # lora_adapters: peft writes the value adapter to value/ beside the policy adapter at the root

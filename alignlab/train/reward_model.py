@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, losses, models, optim, tracking
+from .. import checkpoint, data, distributed, losses, models, optim, tracking
 from ..config import RMConfig
 from ..step import to_device
 
@@ -40,6 +40,7 @@ def pair_scores(model, pairs, pad_id: int, device, prec) -> tuple[torch.Tensor, 
 
 def main(cfg: RMConfig, hooks: list | None = None) -> Path:
     t = cfg.training
+    dist = distributed.setup(cfg)  # torchrun ranks (docs/distributed.md); a no-op in one process
     if cfg.rm.kind == "encoder":
         return train_encoder(cfg)
     tok = models.start_tokenizer(cfg.model.path)
@@ -50,6 +51,7 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     model, tok, device, prec = models.load_reward_model(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    model = dist.wrap(model)
     opt, sched = optim.build(model, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
@@ -77,8 +79,9 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
             idx_all = sampler.indices(step)
             n_pairs = len(idx_all)
             agg = {"loss/train": 0.0, "accuracy": 0.0, "margin": 0.0}
-            for i in range(0, n_pairs, t.micro_batch):
-                pairs = [train[j] for j in idx_all[i : i + t.micro_batch]]
+            mine = dist.shard(idx_all)  # this rank's pairs; the micro-batches are per rank
+            for i in range(0, len(mine), t.micro_batch):
+                pairs = [train[j] for j in mine[i : i + t.micro_batch]]
                 rc, rr = pair_scores(model, pairs, tok.pad_token_id, device, prec)
                 loss, stats = losses.bradley_terry(rc, rr, cfg.rm.center_coef)
                 loss = loss * len(pairs) / n_pairs  # mean over the step's pairs, whatever the micro-batching
@@ -86,6 +89,7 @@ def main(cfg: RMConfig, hooks: list | None = None) -> Path:
                 agg["loss/train"] += loss.item()
                 agg["accuracy"] += stats["accuracy"].item() * len(pairs) / n_pairs
                 agg["margin"] += stats["margin"].item() * len(pairs) / n_pairs
+            agg = dist.sum(agg)  # the whole step's, on every rank
             grad_norm = optim.step(model, opt, sched, cfg.optim.max_grad_norm, scaler,
                                    guard=run.watchdog.guard(step + 1, agg["loss/train"]))
             done, dt = step + 1, time.perf_counter() - t0

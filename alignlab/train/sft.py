@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, data, losses, models, optim, rollout, tracking
+from .. import checkpoint, data, distributed, losses, models, optim, rollout, tracking
 from ..config import SFTConfig
 from ..errors import TrainingDiverged  # noqa: F401  (raised by the watchdog: training.watchdog.nonfinite)
 from ..step import accumulate_step, make_batch, micro_logps, to_device
@@ -49,6 +49,7 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
 
 def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     t = cfg.training
+    dist = distributed.setup(cfg)  # torchrun ranks (docs/distributed.md); a no-op in one process
     # Data first: bad lines and over-long examples fail before any model is loaded.
     tok = models.start_tokenizer(cfg.model.path)
     train_set = data.encode(data.load_examples(cfg.data.train, cfg.data, "train", cfg.seed), tok, cfg.data)
@@ -59,6 +60,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     resume_from = checkpoint.find_resume(cfg.run_dir, t.resume)
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
+    policy = dist.wrap(policy)
     opt, sched = optim.build(policy, cfg.optim, total_steps)
     scaler = torch.amp.GradScaler(device.type) if prec.scaler else None
     start = checkpoint.restore(resume_from, opt, sched, scaler)
@@ -69,7 +71,8 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
     trainable, total = models.count_parameters(policy)
     tracking.console.print(f"{cfg.name}: {trainable:,} trainable / {total:,} parameters on {device}, "
                            f"{len(train_set)} train examples, {total_steps} steps x {t.global_batch_seqs} seqs "
-                           f"({t.grad_accum_steps} micro-batches of {t.micro_batch})")
+                           f"({-(-t.global_batch_seqs // (dist.world * t.micro_batch))} micro-batches of "
+                           f"{t.micro_batch}{f' per rank, {dist.world} ranks' if dist.world > 1 else ''})")
 
     if start == 0 and eval_set:  # the "before" row of every comparison
         metrics, rows = evaluate(policy, tok, eval_set, cfg, device, prec)
@@ -82,11 +85,12 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
         for step in range(start, total_steps):
             t0 = time.perf_counter()
             items = [train_set[i] for i in sampler.indices(step)]
-            step_loss, n_seen = accumulate_step(
-                policy, items, tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch,
+            step_loss, n_seen = accumulate_step(  # this rank's share, normalised by the whole step's counts
+                policy, dist.shard(items), tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch,
                 normalizer=t.loss_normalizer, bucket=cfg.data.length_bucketing,
                 packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler,
-                max_tokens=t.max_tokens_per_micro_batch)
+                max_tokens=t.max_tokens_per_micro_batch, step_items=items)
+            step_loss, n_seen = dist.sum([step_loss, n_seen])
             grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler,
                                    guard=run.watchdog.guard(step + 1, step_loss))
             done = step + 1
