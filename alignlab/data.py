@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import ASSETS
 from .config import DataConfig
 from .jsonl import read_jsonl as _read_jsonl
 
@@ -437,9 +438,8 @@ def load_pref_examples(spec: str, split: str, seed: int, n: int) -> list[dict]:
             return [validate_pref_example(r, f"{spec}#{i}") for i, r in enumerate(rows)]
         if name == "safety":
             import random as _random
-            from pathlib import Path as _Path
 
-            path = _Path(__file__).parent / "data" / "preferences_safety.jsonl"
+            path = ASSETS / "preferences_safety.jsonl"
             rows = [validate_pref_example(obj, f"{path}:{ln}") for ln, obj in _read_jsonl(path, hint=PREF_SHAPE)]
             _random.Random(0).shuffle(rows)  # fixed split, independent of the run's seed
             cut = max(1, len(rows) // 5)

@@ -8,7 +8,7 @@ Tasks and the fields each example (one JSONL line) needs:
                    (assert statements), setup (code run before the candidate)
     math           id, prompt (the problem), reference (the final answer)
 
-Built-in samples (written for alignlab, no downloads) live in ``alignlab/data/``:
+Built-in samples (written for alignlab, no downloads) live in ``alignlab/assets/``:
 ``builtin:safety`` and friends, or pass a path. Math prompts are wrapped in the R1-Zero template
 (``alignlab.rewards.math.R1_ZERO_PROMPT``) by ``format_prompt``; other tasks use the prompt as is.
 """
@@ -17,9 +17,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from alignlab import ASSETS
 from alignlab.eval.io import EvalFileError, read_jsonl
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = ASSETS
 
 TASKS = ("safety", "summarization", "code", "math")
 ALIASES = {"harmlessness": "safety", "clinical_summarization": "summarization", "summarisation": "summarization",

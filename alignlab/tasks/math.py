@@ -4,7 +4,7 @@ Accepted lines (one JSON object each):
   MATH:   {"problem": str, "solution": str with \\boxed{...}, "answer": str (optional if boxed)}
   GSM8K:  {"question": str, "answer": "reasoning ... #### 42"}
   eval:   {"prompt": str, "reference": str}
-The built-in samples (alignlab/data/math_train_sample.jsonl, gsm8k_sample.jsonl) are small
+The built-in samples (alignlab/assets/math_train_sample.jsonl, gsm8k_sample.jsonl) are small
 hand-written sets so that everything runs offline; real data sets come from local files.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from .. import ASSETS
 from ..data import DataError, read_jsonl
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-BUILTIN_TRAIN = DATA / "math_train_sample.jsonl"
-BUILTIN_EVAL = DATA / "gsm8k_sample.jsonl"
+BUILTIN_TRAIN = ASSETS / "math_train_sample.jsonl"
+BUILTIN_EVAL = ASSETS / "gsm8k_sample.jsonl"
 SHAPES = ('a math line is {"problem", "solution"/"answer"} (MATH), {"question", "answer": "... #### N"} (GSM8K) '
           'or {"prompt", "reference"}')
 
