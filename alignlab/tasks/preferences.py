@@ -1,4 +1,5 @@
-"""Built-in preference pairs, offline: {"id", "prompt", "chosen", "rejected", ...}.
+"""Built-in preference data sets, offline: {"id", "prompt", "chosen", "rejected", ...}. `data.load_pref_examples`
+reads them as builtin:arithmetic and builtin:safety; the encoder reward model trains on them.
 
 arithmetic_pairs(n, seed, split)   generated: "12+7=" -> chosen "19", rejected a plausible wrong answer.
                                    The split is the arithmetic task's own (alignlab.tasks.arithmetic
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from .. import ASSETS
 from ..jsonl import DataError, read_jsonl
-from ..tasks.arithmetic import _answer, problems
+from .arithmetic import _answer, problems
 
 SAFETY_FILE = ASSETS / "preferences_safety.jsonl"
 
