@@ -464,15 +464,15 @@ def load_pref_examples(spec: str, split: str, seed: int, n: int) -> list[dict]:
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name == "arithmetic":
-            from .rewards.builtin_prefs import arithmetic_pairs
+            from .tasks.preferences import arithmetic_pairs
 
             rows = arithmetic_pairs(n, seed, split)
             return [validate_pref_example(r, f"{spec}#{i}") for i, r in enumerate(rows)]
         if name == "safety":
             import random as _random
-            from pathlib import Path as _Path
 
-            path = _Path(__file__).parent / "data" / "preferences_safety.jsonl"
+            from .tasks.preferences import SAFETY_FILE as path
+
             rows = [validate_pref_example(obj, f"{path}:{ln}") for ln, obj in _read_jsonl(path, hint=PREF_SHAPE)]
             _random.Random(0).shuffle(rows)  # fixed split, independent of the run's seed
             cut = max(1, len(rows) // 5)

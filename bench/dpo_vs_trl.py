@@ -84,7 +84,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from alignlab.rewards.builtin_prefs import arithmetic_pairs
+    from alignlab.tasks.preferences import arithmetic_pairs
 
     work = Path(args.work or tempfile.mkdtemp(prefix="dpo-bench-"))
     start = sft_start(work, args.sft_steps, args.device)

@@ -9,7 +9,7 @@
     python3 bench/gpu.py --smoke                      # tiny sizes, CPU: checks the script (3-6 min on 2 cores)
 
 Models: random-init, built offline with alignlab's tiny factory (`alignlab.tiny.make_tiny`, the
-code behind `alignlab make-tiny`) at the sizes of alignlab/data/model_configs.json:
+code behind `alignlab make-tiny`) at the sizes of alignlab/assets/model_configs.json:
 - Gemma-3-1B shape (gemma3_text, vocab 262144, 26 layers, hidden 1152, 4 heads / 1 KV head,
   head_dim 256, sliding window 512, tied embeddings) for SFT;
 - Qwen2.5-0.5B shape (qwen2, vocab 151936, 24 layers, hidden 896, 14 / 2 heads) for DPO and GRPO.
@@ -263,7 +263,7 @@ def shapes(smoke: bool) -> dict:
                               sliding_window=32, max_position_embeddings=1024),
                 "qwen": dict(arch="qwen2", vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024)}
-    cat = json.loads((ROOT / "alignlab/data/model_configs.json").read_text())
+    cat = json.loads((ROOT / "alignlab/assets/model_configs.json").read_text())
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim", "max_position_embeddings")
     g, q = cat["google/gemma-3-1b-it"], cat["Qwen/Qwen2.5-0.5B"]
@@ -309,13 +309,13 @@ def peak_tflops(gpu: str | None, override: float | None) -> tuple[float | None, 
         return override, "--peak-tflops"
     if not gpu:
         return None, "no GPU"
-    cat = json.loads((ROOT / "alignlab/data/gpus.json").read_text())
+    cat = json.loads((ROOT / "alignlab/assets/gpus.json").read_text())
     for name, entry in cat.items():
         if name.startswith("_"):
             continue
         names = [name, *entry.get("aliases", [])]
         if any(n.lower().split("-")[0] in gpu.lower() for n in names) and entry.get("bf16_tflops"):
-            return float(entry["bf16_tflops"]), f"alignlab/data/gpus.json {name}"
+            return float(entry["bf16_tflops"]), f"alignlab/assets/gpus.json {name}"
     for name, v in PEAK_TFLOPS.items():
         if name.lower() in gpu.lower():
             return v, f"bench/gpu.py PEAK_TFLOPS[{name!r}] (NVIDIA datasheet, dense bf16)"

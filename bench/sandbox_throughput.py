@@ -4,7 +4,7 @@ from git history), same jobs, same machine, same run. Also prints both pass rate
 
     python bench/sandbox_throughput.py [--repeats 4] [--workers 2]
 
-Jobs: every example of the built-in code set (alignlab/data/code_qa_sample.jsonl), once with the
+Jobs: every example of the built-in code set (alignlab/assets/code_qa_sample.jsonl), once with the
 reference answer and once with a wrong one, repeated. The legacy sandbox is a baseline only: it
 is broken (issue 13) and must not be used for anything else.
 """
@@ -23,7 +23,7 @@ from alignlab.eval import sandbox
 from alignlab.eval.metrics.code import build_program
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "alignlab" / "data" / "code_qa_sample.jsonl"
+DATA = ROOT / "alignlab" / "assets" / "code_qa_sample.jsonl"
 LEGACY_COMMIT = "655e87c"  # the last commit with the in-interpreter sandbox
 
 

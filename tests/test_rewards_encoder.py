@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignlab.jsonl import DataError
-from alignlab.rewards import builtin_prefs as bp
+from alignlab.tasks import preferences as bp
 from alignlab.rewards.encoder_rm import (EncoderRewardModel, EncoderRMConfig, encode_pair, pad_batch,
                                          cross_validate_safety, pairwise_accuracy, train_builtin,
                                          train_encoder_rm)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from alignlab.rewards import heuristic as H
-from alignlab.rewards.builtin_prefs import safety_pairs
+from alignlab.tasks.preferences import safety_pairs
 
 ADVERSARIAL = [
     "",

@@ -118,6 +118,27 @@ def test_math_loaders_accept_math_and_gsm8k_and_name_bad_lines(tmp_path):
         load_file(p)
 
 
+def test_one_task_registry_for_training_and_evaluation():
+    """tasks.TASKS is the only list of tasks: the config's trainable tasks, `alignlab eval --task` and the
+    eval loaders all follow it, and math's built-in held-out set is one file whichever path reads it."""
+    import typing
+
+    from alignlab.eval import data as eval_data
+    from alignlab.eval.run import main as eval_main
+
+    trainable = {n for n, t in tasks.TASKS.items() if t.trainable}
+    assert set(typing.get_args(TaskConfig.model_fields["name"].annotation)) == trainable == {"arithmetic", "math"}
+    assert set(eval_data.TASKS) == {n for n, t in tasks.TASKS.items() if t.held_out}
+    held = tasks.load(TaskConfig(name="math", prompt="r1_zero")).eval
+    assert sorted(e["id"] for e in held) == sorted(e["id"] for e in eval_data.load_examples("math", "builtin:math"))
+    assert [e["answer"] for e in sorted(held, key=lambda e: e["id"])] == [
+        e["reference"] for e in sorted(eval_data.load_examples("math"), key=lambda e: e["id"])]
+    with pytest.raises(SystemExit):  # argparse refuses a task the registry does not list
+        eval_main(["--model", "x", "--task", "poetry"])
+    with pytest.raises(ValueError, match="no reward to train on"):
+        tasks.load(TaskConfig.model_construct(name="safety"))
+
+
 def test_builtin_math_task_r1_zero_and_question_only():
     t = tasks.load(TaskConfig(name="math", prompt="r1_zero"))
     assert t.train and t.eval and t.stop == ["</answer>"]

@@ -18,7 +18,7 @@ from alignlab.eval.sandbox import (HARNESS, SandboxLimits, SandboxUnavailable, r
 
 L = SandboxLimits(timeout_s=4.0, memory_mb=512, max_output_bytes=64 * 1024, file_size_mb=8, disk_mb=16)
 WRONG_TESTS = "assert result == 42"  # every attack below computes 41, or nothing
-DATA = Path(__file__).resolve().parents[1] / "alignlab" / "data" / "code_qa_sample.jsonl"
+DATA = Path(__file__).resolve().parents[1] / "alignlab" / "assets" / "code_qa_sample.jsonl"
 
 
 @pytest.fixture(scope="module", autouse=True)

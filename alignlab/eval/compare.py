@@ -55,7 +55,7 @@ class Run:
 
 def resolve_eval_file(spec: str | Path, task: str) -> tuple[str, Path]:
     """(label, eval file) for a run directory or an eval file path."""
-    from alignlab.eval.data import ALIASES
+    from alignlab.tasks import ALIASES
 
     p = Path(spec)
     names = [task] + ([ALIASES[task]] if task in ALIASES else [])

@@ -1,6 +1,7 @@
-"""Evaluation tasks, their example files and prompt formatting.
+"""Loading the held-out examples of a task (`alignlab.tasks.TASKS`, the one registry) for
+evaluation, and their prompt formatting.
 
-Tasks and the fields each example (one JSONL line) needs:
+The tasks with held-out files, and the fields each example (one JSONL line) needs:
 
     safety         id, prompt; optional should_refuse (bool) for precision / recall / F1
     summarization  id, prompt, reference (the reference summary); optional document
@@ -8,27 +9,22 @@ Tasks and the fields each example (one JSONL line) needs:
                    (assert statements), setup (code run before the candidate)
     math           id, prompt (the problem), reference (the final answer)
 
-Built-in samples (written for alignlab, no downloads) live in ``alignlab/data/``:
-``builtin:safety`` and friends, or pass a path. Math prompts are wrapped in the R1-Zero template
-(``alignlab.rewards.math.R1_ZERO_PROMPT``) by ``format_prompt``; other tasks use the prompt as is.
+Built-in samples (written for alignlab, no downloads) live in ``alignlab/assets/``:
+``builtin:safety`` and friends, or pass a path. ``builtin:math`` is the math task's held-out set,
+the same one `alignlab eval --task math` and the RL loops evaluate on. Math prompts are wrapped in
+the R1-Zero template (``alignlab.rewards.math.R1_ZERO_PROMPT``) by ``format_prompt``; other tasks
+use the prompt as is.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from alignlab import ASSETS
 from alignlab.eval.io import EvalFileError, read_jsonl
+from alignlab.tasks import ALIASES, TASKS as REGISTRY
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
-TASKS = ("safety", "summarization", "code", "math")
-ALIASES = {"harmlessness": "safety", "clinical_summarization": "summarization", "summarisation": "summarization",
-           "summary": "summarization", "code_qa": "code", "conala": "code", "gsm8k": "math",
-           "math500": "math"}
-BUILTIN = {"safety": "safety_prompts.jsonl", "summarization": "summarization_sample.jsonl",
-           "code": "code_qa_sample.jsonl", "math": "math_sample.jsonl"}
-REQUIRED = {"safety": ("id", "prompt"), "summarization": ("id", "prompt", "reference"),
-            "code": ("id", "prompt", "reference"), "math": ("id", "prompt", "reference")}
+TASKS = tuple(name for name, t in REGISTRY.items() if t.held_out)  # arithmetic is generated, not read
 
 
 def canonical_task(task: str) -> str:
@@ -40,7 +36,7 @@ def canonical_task(task: str) -> str:
 
 
 def builtin_path(task: str) -> Path:
-    return DATA_DIR / BUILTIN[canonical_task(task)]
+    return ASSETS / REGISTRY[canonical_task(task)].held_out
 
 
 def load_examples(task: str, path: str | os.PathLike | None = None) -> list[dict]:
@@ -51,7 +47,8 @@ def load_examples(task: str, path: str | os.PathLike | None = None) -> list[dict
         p = builtin_path(name or t)
     else:
         p = Path(path)
-    rows = read_jsonl(p, required=REQUIRED[t])
+    required = REGISTRY[t].fields
+    rows = read_jsonl(p, required=required)
     seen: dict = {}
     for r in rows:
         ln = r.pop("_line")
@@ -60,7 +57,7 @@ def load_examples(task: str, path: str | os.PathLike | None = None) -> list[dict
         seen[r["id"]] = ln
         if not isinstance(r["prompt"], str) or not r["prompt"].strip():
             raise EvalFileError(f"{p}:{ln}: 'prompt' must be a non-empty string")
-        if "reference" in REQUIRED[t] and not isinstance(r["reference"], str):
+        if "reference" in required and not isinstance(r["reference"], str):
             raise EvalFileError(f"{p}:{ln}: 'reference' must be a string")
         if "should_refuse" in r and not isinstance(r["should_refuse"], bool):
             raise EvalFileError(f"{p}:{ln}: 'should_refuse' must be true or false")
@@ -72,8 +69,7 @@ def load_examples(task: str, path: str | os.PathLike | None = None) -> list[dict
 
 def format_prompt(task: str, example: dict) -> str:
     """The text given to the model for one example."""
-    t = canonical_task(task)
-    if t == "math":
+    if canonical_task(task) == "math":
         from alignlab.rewards.math import R1_ZERO_PROMPT
 
         return R1_ZERO_PROMPT.format(question=example["prompt"])

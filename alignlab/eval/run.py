@@ -16,8 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-RL_TASKS = ("arithmetic", "math")
-TEXT_TASKS = ("safety", "summarization", "code")
+from ..tasks import TASKS
 
 
 def resolve_model(model: str | None, run: str | None) -> str:
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="model folder, adapter folder, hub id (online) or tiny:<arch>")
     src.add_argument("--run", help="run directory: evaluates its latest checkpoint, writes into it")
-    ap.add_argument("--task", required=True, choices=RL_TASKS + TEXT_TASKS)
+    ap.add_argument("--task", required=True, choices=list(TASKS))
     ap.add_argument("--data", help="JSONL file (default: the task's built-in held-out set)")
     ap.add_argument("--prompt", choices=["plain", "r1_zero", "question_only"], default=None,
                     help="prompt style for arithmetic/math (default: plain / r1_zero)")
@@ -142,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ks = tuple(sorted({1, k}))
     con = Console(stderr=True)
 
-    if args.task in RL_TASKS:  # examples and grading first: bad data fails before the model loads
+    trainable = TASKS[args.task].trainable  # graded by the task's own reward; else scored by eval.scoring
+    if trainable:  # examples and grading first: bad data fails before the model loads
         prompt = args.prompt or ("plain" if args.task == "arithmetic" else "r1_zero")
         data = None if (args.data or "").startswith("builtin:") else args.data  # builtin: the task's own held-out set
         tcfg = TaskConfig(name=args.task, prompt=prompt, eval=data,
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ro = sampler.generate(prompts, max_new_tokens=max_new, n=k, temperature=temperature, stop=stop, seed=args.seed)
     outputs = [ro.completions[i * k : (i + 1) * k] for i in range(len(prompts))]
 
-    if args.task in RL_TASKS:
+    if trainable:
         rows = rl_task_rows(task, outputs, ks)
         summary = summarize(rows, args.seed, n_resamples=args.resamples)
         summary.update(task=args.task, failures=failure_breakdown(rows))

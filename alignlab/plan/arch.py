@@ -1,7 +1,7 @@
 """Architecture numbers from a model's own config, and exact parameter counts from shapes.
 
 No torch, no transformers: a config is a plain dict (a hub ``config.json``, a local model folder,
-or an entry of ``alignlab/data/model_configs.json``). Missing fields take the defaults of the
+or an entry of ``alignlab/assets/model_configs.json``). Missing fields take the defaults of the
 matching transformers config class (copied here so the planner starts in milliseconds).
 
 Counts are per projection, from each weight's real shape: q is ``hidden x heads*head_dim``, k and
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-CATALOG_PATH = DATA_DIR / "model_configs.json"
+from .. import ASSETS
+
+CATALOG_PATH = ASSETS / "model_configs.json"
 
 SUPPORTED_MODEL_TYPES = ("gemma3_text", "gemma3", "qwen2", "qwen3", "llama", "mistral")
 
@@ -335,7 +336,7 @@ def load_arch(model: str) -> Arch:
     hit = _catalog_lookup(model)
     if hit is not None:
         key, entry = hit
-        return arch_from_config(entry, name=key, source=f"alignlab/data/model_configs.json[{key!r}]")
+        return arch_from_config(entry, name=key, source=f"alignlab/assets/model_configs.json[{key!r}]")
     raise PlanError(
         f"unknown model {model!r}: not a local folder with config.json, not a config.json file, and not in the "
         f"catalog; catalog models: {', '.join(catalog_names())}"

@@ -1,4 +1,4 @@
-"""Accelerator catalog (``alignlab/data/gpus.json``) and lookup by name or alias."""
+"""Accelerator catalog (``alignlab/assets/gpus.json``) and lookup by name or alias."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 import os
 from dataclasses import dataclass
 
-from .arch import DATA_DIR, PlanError
+from .. import ASSETS
+from .arch import PlanError
 
-GPU_PATH = DATA_DIR / "gpus.json"
+GPU_PATH = ASSETS / "gpus.json"
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..losses import bradley_terry
-from .builtin_prefs import split_pairs
+from ..tasks.preferences import split_pairs
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -239,7 +239,7 @@ def train_encoder_rm(pairs: list[dict], tokenizer, *, eval_pairs: list[dict] | N
                      device: str | torch.device = "cpu") -> tuple[EncoderRewardModel, dict]:
     """Train an EncoderRewardModel on preference pairs with the Bradley-Terry loss.
 
-    Held-out pairs: eval_pairs when given; otherwise `builtin_prefs.split_pairs(pairs, eval_fraction, seed)`
+    Held-out pairs: eval_pairs when given; otherwise `tasks.preferences.split_pairs(pairs, eval_fraction, seed)`
     (eval_fraction=0 trains on all and reports no held-out metrics). AdamW, linear warmup over
     warmup_frac of the steps then cosine decay to 0, gradient-norm clipping; chosen and rejected
     of a batch go through the model together. Deterministic given seed (model init, split and
@@ -323,7 +323,7 @@ def train_encoder_rm(pairs: list[dict], tokenizer, *, eval_pairs: list[dict] | N
 # The built-in preference sets: recipes, measured in docs/rewards.md
 # ----------------------------------------------------------------------------------------------
 
-# Safety: 81 hand-written pairs; the training part is recombined (builtin_prefs.recombine_pairs,
+# Safety: 81 hand-written pairs; the training part is recombined (tasks.preferences.recombine_pairs,
 # k=10) because 65 pairs are too few for a from-scratch encoder on a 512-token BPE vocabulary.
 SAFETY_RECIPE = dict(epochs=2, lr=1e-3, batch_size=32, max_len=128)
 SAFETY_RECOMBINE_K = 10
@@ -348,7 +348,7 @@ def train_builtin(name: str, tokenizer=None, seed: int = 0, *, train_pairs=None,
     name="safety": held-out = split_pairs(all, 0.2, seed) unless train_pairs/eval_pairs are given;
     the training part is recombined. name="arithmetic": arithmetic_pairs from the train and the
     held-out ("eval") splits."""
-    from . import builtin_prefs as bp
+    from ..tasks import preferences as bp
 
     if tokenizer is None:
         from ..tiny import build_tokenizer
@@ -378,7 +378,7 @@ def cross_validate_safety(tokenizer=None, folds: int = 5, seed: int = 0, **overr
     "accuracy/<rejected_type>", "n", "time_per_model_s"}."""
     import random
 
-    from . import builtin_prefs as bp
+    from ..tasks import preferences as bp
 
     if tokenizer is None:
         from ..tiny import build_tokenizer

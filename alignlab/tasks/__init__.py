@@ -1,8 +1,13 @@
-"""A task = prompts + a reward + evaluation. `load(cfg.task, seed)` returns a `Task`.
+"""A task = prompts + a reward + evaluation. `TASKS` is the one registry of tasks; `load(cfg.task, seed)`
+returns a `Task` of a trainable one.
 
     task = tasks.load(TaskConfig(name="arithmetic"), seed=0)
     batch = task.sample_train(16, step=3)          # deterministic per (seed, step): exact resume
     task.reward(completion, batch[0])               # {"format_reward", "answer_reward", "reward"}
+
+Trainable tasks (arithmetic, math) have a verifiable reward: the RL loops train on them and
+`alignlab eval` grades them with it. The others (safety, summarization, code) are evaluated only,
+their generations scored by `eval.scoring`; `eval.data.load_examples` reads their held-out files.
 """
 from __future__ import annotations
 
@@ -14,6 +19,31 @@ from ..config import TaskConfig
 from ..rewards.math import R1_ZERO_PROMPT
 
 QUESTION_ONLY_PROMPT = "{question}"
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A task of the registry: can the RL loops train on it, and its built-in files (in alignlab/assets/)."""
+
+    trainable: bool                # tasks.load builds a Task (prompts + reward) for ei, grpo, ppo and eval
+    held_out: str | None           # built-in held-out examples; None: generated (arithmetic)
+    train: str | None = None       # built-in training examples
+    fields: tuple[str, ...] = ()   # what each line of a held-out file needs (eval.data.load_examples)
+
+
+# Every task, written once. tasks.load, `alignlab eval --task`, eval.data and eval.scoring read it;
+# TaskConfig.name lists the trainable ones (tests/test_rl_loops.py checks that they agree).
+TASKS = {
+    "arithmetic": TaskInfo(trainable=True, held_out=None),
+    "math": TaskInfo(trainable=True, held_out="math_sample.jsonl", train="math_train_sample.jsonl",
+                     fields=("id", "prompt", "reference")),
+    "safety": TaskInfo(trainable=False, held_out="safety_prompts.jsonl", fields=("id", "prompt")),
+    "summarization": TaskInfo(trainable=False, held_out="summarization_sample.jsonl",
+                              fields=("id", "prompt", "reference")),
+    "code": TaskInfo(trainable=False, held_out="code_qa_sample.jsonl", fields=("id", "prompt", "reference")),
+}
+ALIASES = {"harmlessness": "safety", "clinical_summarization": "summarization", "summarisation": "summarization",
+           "summary": "summarization", "code_qa": "code", "conala": "code", "gsm8k": "math", "math500": "math"}
 
 
 @dataclass
@@ -44,6 +74,9 @@ def format_prompt(question: str, style: str) -> str:
 
 
 def load(cfg: TaskConfig, seed: int = 0) -> Task:
+    if not TASKS[cfg.name].trainable:
+        raise ValueError(f"task {cfg.name!r} has no reward to train on; trainable: "
+                         + ", ".join(n for n, t in TASKS.items() if t.trainable))
     if cfg.name == "arithmetic":
         from . import arithmetic
 

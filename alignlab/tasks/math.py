@@ -4,19 +4,17 @@ Accepted lines (one JSON object each):
   MATH:   {"problem": str, "solution": str with \\boxed{...}, "answer": str (optional if boxed)}
   GSM8K:  {"question": str, "answer": "reasoning ... #### 42"}
   eval:   {"prompt": str, "reference": str}
-The built-in samples (alignlab/data/math_train_sample.jsonl, gsm8k_sample.jsonl) are small
-hand-written sets so that everything runs offline; real data sets come from local files.
+The built-in samples (the files of tasks.TASKS["math"] in alignlab/assets/) are small hand-written
+sets so that everything runs offline; real data sets come from local files.
 """
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
+from .. import ASSETS
 from ..data import DataError, read_jsonl
 
-DATA = Path(__file__).resolve().parent.parent / "data"
-BUILTIN_TRAIN = DATA / "math_train_sample.jsonl"
-BUILTIN_EVAL = DATA / "gsm8k_sample.jsonl"
 SHAPES = ('a math line is {"problem", "solution"/"answer"} (MATH), {"question", "answer": "... #### N"} (GSM8K) '
           'or {"prompt", "reference"}')
 
@@ -57,14 +55,15 @@ def load_file(path: str | Path) -> list[dict]:
 
 def task(cfg, seed: int):
     from ..rewards.math import r1_zero_reward
-    from . import Task, format_prompt
+    from . import TASKS, Task, format_prompt
 
     def shape(rows):
         return [{**r, "prompt": format_prompt(r["question"], cfg.prompt if cfg.prompt != "plain" else "question_only")}
                 for r in rows]
 
-    train = shape(load_file(cfg.train or BUILTIN_TRAIN))
-    held = shape(load_file(cfg.eval or BUILTIN_EVAL))
+    builtin = TASKS["math"]
+    train = shape(load_file(cfg.train or ASSETS / builtin.train))
+    held = shape(load_file(cfg.eval or ASSETS / builtin.held_out))
     random.Random(seed).shuffle(held)
     reward = r1_zero_reward if cfg.prompt == "r1_zero" else _answer_only_reward
     return Task("math", train, held, reward, stop=["</answer>"] if cfg.prompt == "r1_zero" else [], seed=seed)

@@ -1,10 +1,11 @@
-"""Built-in preference pairs, offline: {"id", "prompt", "chosen", "rejected", ...}.
+"""Built-in preference data sets, offline: {"id", "prompt", "chosen", "rejected", ...}. `data.load_pref_examples`
+reads them as builtin:arithmetic and builtin:safety; the encoder reward model trains on them.
 
 arithmetic_pairs(n, seed, split)   generated: "12+7=" -> chosen "19", rejected a plausible wrong answer.
                                    The split is the arithmetic task's own (alignlab.tasks.arithmetic
                                    .is_held_out on the problem text), so a held-out pair never shares
                                    its problem with a train pair, whatever n and seed are.
-safety_pairs()                     hand-written, alignlab/data/preferences_safety.jsonl (~60 pairs):
+safety_pairs()                     hand-written, alignlab/assets/preferences_safety.jsonl (~60 pairs):
                                    harmful prompts (chosen: a refusal with a safe alternative;
                                    rejected: compliance or abuse) and benign prompts (chosen: a helpful
                                    answer; rejected: a needless refusal or an insult).
@@ -16,10 +17,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from .. import ASSETS
 from ..jsonl import DataError, read_jsonl
-from ..tasks.arithmetic import _answer, problems
+from .arithmetic import _answer, problems
 
-SAFETY_FILE = Path(__file__).resolve().parent.parent / "data" / "preferences_safety.jsonl"
+SAFETY_FILE = ASSETS / "preferences_safety.jsonl"
 
 # Kinds of wrong answer, each a mistake a person or a weak model plausibly makes.
 ERROR_KINDS = ("off_by_one", "off_by_small", "off_by_ten", "wrong_op", "digit_swap", "sign_flip")
