@@ -57,5 +57,10 @@ def test_full_and_lora_runs_log_rank_rows_and_the_plot_reads_them(tmp_path, qwen
     data = json.loads((out / "rank_trajectory.json").read_text())
     assert set(data["runs"]) == {"full", "lora"} and data["runs"]["lora"]["q_proj"][0][0] == 2
     assert (out / "rank_trajectory.png").stat().st_size > 1000
+    assert analysis_cli.main(["rank", str(full.run_dir)]) == 0  # default: the run's analysis/rank, which report shows
+    from alignlab.analysis import report
+
+    page = report.render(full.run_dir)
+    assert "erank of ΔW at the last measured step" in page and "rank/rank_trajectory.png" in page
     assert analysis_cli.main(["rank", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
