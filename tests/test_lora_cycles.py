@@ -413,13 +413,25 @@ def test_relora_grpo_with_kl_uses_a_frozen_copy_and_resets(tmp_path, qwen_dir, m
     assert [v for _, v in rows(tmp_path / "g", "lr")] == [1e-3, 0.0]  # the update after the reset runs at lr 0
 
 
-def test_rank1_ppo_with_the_shared_critic(tmp_path, qwen_dir):
+PPO_RUNS = {  # the shared critic with rank-1 merges; ReLoRA with a separate critic (its own LoRA is not merged)
+    "rank1-shared": ["lora.r=1", "rank1.enabled=true"],
+    "relora-separate": ["lora.r=4", "relora.enabled=true", "relora.reset_every=1", "relora.restart_warmup_steps=0",
+                        "ppo.critic=separate"],
+}
+
+
+@pytest.mark.parametrize("kind", list(PPO_RUNS))
+def test_ppo_merges_the_policy_adapter_only(tmp_path, qwen_dir, kind):
     from alignlab import cli
 
     args = ["ppo", "-c", "ppo_tiny", f"out_dir={tmp_path}", "name=ppo", f"model.path={qwen_dir}", "training.total_steps=2",
             "ppo.rollout_size=8", "ppo.minibatch_seqs=4", "ppo.num_ppo_epochs=1", "sampling.max_new_tokens=4",
             "eval.max_examples=4", "eval.max_new_tokens=4", "task.arithmetic.n_eval=4", "reward.source=heuristic",
-            "lora.enabled=true", "lora.r=1", "rank1.enabled=true", "analysis.rank_every=1", "optim.lr=1e-3"]
+            "lora.enabled=true", "analysis.rank_every=1", "optim.lr=1e-3", *PPO_RUNS[kind]]
     assert cli.main(args) == 0
-    assert [v for _, v in rows(tmp_path / "ppo", "rank1/merges")] == [1, 2]
-    assert [v for _, v in rows(tmp_path / "ppo", "rank/q_proj/numerical_rank")] == [1, 2]  # one merge per step
+    key = "rank1/merges" if kind.startswith("rank1") else "relora/reset"
+    assert [v for _, v in rows(tmp_path / "ppo", key)] == [1, 2]
+    per_merge = 1 if kind.startswith("rank1") else 4  # the policy's rank per merge
+    assert [v for _, v in rows(tmp_path / "ppo", "rank/q_proj/numerical_rank")] == [per_merge, 2 * per_merge]
+    if kind.endswith("separate"):  # the critic's own adapter folder, next to the merged policy
+        assert (tmp_path / "ppo/checkpoints/step_2/critic/adapter_config.json").is_file()

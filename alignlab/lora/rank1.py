@@ -94,6 +94,8 @@ class Rank1:
             b.grad.copy_(c * s * (g @ best.T))
 
     def end_step(self, step: int, total: int) -> dict:
+        for _, layer in self.layers:  # greedy: a skipped update (watchdog, fp16 overflow) left its G behind
+            layer.get_base_layer().weight.grad = None
         if step % self.cfg.merge_every:
             return {}
         g = self._generator(step // self.cfg.merge_every)
