@@ -144,6 +144,19 @@ def test_trimming_methods_write_loadable_adapters_and_the_report(tmp_path, qwen_
         assert len(peft_deltas(qwen_dir, out)) == 12  # 4 layers x (q, v, o)
         rep = json.loads((out / "blend.json").read_text())
         assert rep["method"] == method and rep["rank"] == 5 and len(rep["matrices"]) == 12
+    glob = tmp_path / "magnitude_global"
+    B.blend([str(a), str(b)], glob, "magnitude", density=0.3, scope="global")
+    da, db = peft_deltas(qwen_dir, a), peft_deltas(qwen_dir, b)
+    flat = {name: torch.cat([d[m].abs().flatten() for m in d]) for name, d in (("a", da), ("b", db))}
+    tau = {name: torch.topk(f, int(0.3 * f.numel())).values[-1] for name, f in flat.items()}
+    want = {m: sum(d[m] * (d[m].abs() >= tau[n]) for n, d in (("a", da), ("b", db)) if m in d) for m in set(da) | set(db)}
+    got = peft_deltas(qwen_dir, glob)  # rank Σr holds the trimmed sum only approximately: at the Eckart–Young error
+    for m in want:
+        k = (2 if m in da else 0) + (3 if m in db else 0)  # Σ r_i of the adapters that adapt this matrix
+        floor = float(torch.linalg.svdvals(want[m])[k:].pow(2).sum().sqrt())
+        assert float((got[m] - want[m]).norm()) <= floor * (1 + 1e-3) + 1e-6 * float(want[m].norm()), m
+    tensor_scope = peft_deltas(qwen_dir, tmp_path / "magnitude")
+    assert any((got[m] - tensor_scope[m]).abs().max() > 1e-4 for m in got)  # the scopes trim differently
 
 
 def test_bad_input_is_refused_before_any_computation(tmp_path, qwen_dir, adapters, capsys):

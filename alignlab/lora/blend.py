@@ -157,8 +157,16 @@ class Adapter:
         alpha = self.config["lora_alpha"]
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
-    def deltas(self) -> dict[str, torch.Tensor]:
-        return {m: self.scale(m) * b.double() @ a.double() for m, (a, b) in self.factors.items()}
+    def delta(self, module: str) -> torch.Tensor:
+        a, b = self.factors[module]
+        return self.scale(module) * b.double() @ a.double()
+
+
+def global_threshold(adapter: Adapter, density: float) -> float:
+    """The k-th largest |ΔW| entry over every matrix of an adapter, k = int(density·numel)."""
+    mags = torch.cat([adapter.delta(m).abs().float().flatten() for m in adapter.factors])
+    k = int(density * mags.numel())
+    return float(torch.topk(mags, k).values[-1]) if k > 0 else float("inf")
 
 
 def read_adapter(path: str | Path) -> Adapter:
@@ -238,28 +246,36 @@ def blend(adapter_paths: list[str], out: str | Path, method: str, weights: list[
 
     modules = sorted(set().union(*(a.factors for a in adapters)))
     ranks = {m: [a.factors[m][0].shape[0] for a in adapters if m in a.factors] for m in modules}
-    deltas = [a.deltas() for a in adapters]
-    merged = combine(deltas, weights, method, density, majority, scope, seed)
+    # one matrix at a time (a few float64 copies of one matrix in memory, not of every adapter); a global
+    # trimming scope first finds each adapter's threshold over all its matrices, then trims with it
+    global_trim = scope == "global" and method in ("ties", "magnitude")
+    tau = [global_threshold(a, density) for a in adapters] if global_trim else None
     new: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for m in modules:
+    rows = []
+    for i, m in enumerate(modules):
+        deltas = []
+        for j, a in enumerate(adapters):
+            d = a.delta(m) if m in a.factors else None
+            if d is not None and global_trim:
+                d = d * (d.abs() >= tau[j])
+            deltas.append({} if d is None else {m: d})
+        target = combine(deltas, weights, method, 1.0 if global_trim else density, majority, "tensor",
+                         seed * 1_000_003 + i)[m]
         if method == "cat":
             parts = [(w * a.scale(m) * a.factors[m][0].double(), a.factors[m][1].double())
                      for w, a in zip(weights, adapters) if m in a.factors]
-            new[m] = (torch.cat([b for _, b in parts], 1), torch.cat([fa for fa, _ in parts], 0))
+            b, a = torch.cat([b for _, b in parts], 1), torch.cat([fa for fa, _ in parts], 0)
         else:
-            k = rank or (max(ranks[m]) if method == "svd" else sum(ranks[m]))
-            new[m] = low_rank(merged[m], k)
-    width = max(b.shape[1] for b, _ in new.values())
-    tensors, rows = {}, []
-    for m, (b, a) in new.items():
-        pad = width - b.shape[1]
-        b = torch.cat([b, b.new_zeros(b.shape[0], pad)], 1)
-        a = torch.cat([a, a.new_zeros(pad, a.shape[1])], 0)
-        tensors[f"{m}.lora_A.weight"] = a.float().contiguous()
-        tensors[f"{m}.lora_B.weight"] = b.float().contiguous()
-        target = merged[m]
+            b, a = low_rank(target, rank or (max(ranks[m]) if method == "svd" else sum(ranks[m])))
+        new[m] = (b, a)
         err = float((b @ a - target).norm() / target.norm()) if target.norm() > 0 else 0.0
-        rows.append({"module": m, "source_ranks": ranks[m], "rank": int(new[m][0].shape[1]), "rel_error": err})
+        rows.append({"module": m, "source_ranks": ranks[m], "rank": int(b.shape[1]), "rel_error": err})
+    width = max(b.shape[1] for b, _ in new.values())
+    tensors = {}
+    for m, (b, a) in new.items():  # zero padding to one rank R: exact
+        pad = width - b.shape[1]
+        tensors[f"{m}.lora_A.weight"] = torch.cat([a, a.new_zeros(pad, a.shape[1])], 0).float().contiguous()
+        tensors[f"{m}.lora_B.weight"] = torch.cat([b, b.new_zeros(b.shape[0], pad)], 1).float().contiguous()
 
     cfg = dict(adapters[0].config)
     suffixes = sorted({m.rsplit(".", 1)[-1] for m in modules})
