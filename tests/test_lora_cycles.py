@@ -108,20 +108,36 @@ def test_pruning_keeps_the_top_magnitudes_in_place_and_only_for_lora_params():
     opt.step()
     a = cycles.factors(layer_of(model))[0]
     st = opt.state[a]
-    ref = st["exp_avg"]
+    m, v = st["exp_avg"], st["exp_avg_sq"]
     vals = torch.randperm(1000).float() + 1  # 1..1000, shuffled, with signs
-    ref.copy_((vals * torch.where(torch.rand(1000) < 0.5, -1.0, 1.0)).view(4, 250))
-    norm_state = {k: v.clone() for k, v in opt.state[model.base_model.model.norm.weight].items()}
+    m.copy_((vals * torch.where(torch.rand(1000) < 0.5, -1.0, 1.0)).view(4, 250))
+    v.copy_((vals ** 2).view(4, 250))  # the same order of magnitudes as the momentum
+    norm_state = {k: t.clone() for k, t in opt.state[model.base_model.model.norm.weight].items()}
     step = st["step"].clone()
     relora.prune_optimizer_states(opt, [a], 0.9)
-    assert st["exp_avg"] is ref  # the same tensor object, changed in place
-    kept = ref.abs()[ref != 0]
+    assert st["exp_avg"] is m and st["exp_avg_sq"] is v  # the same tensor objects, changed in place
+    kept = m.abs()[m != 0]
     assert kept.numel() == 100 and kept.min() == 901  # quantile 0.9 of 1..1000 is 900.1
+    assert torch.equal(v != 0, m != 0)
     assert torch.equal(st["step"], step)
-    for k, v in opt.state[model.base_model.model.norm.weight].items():
-        assert torch.equal(v, norm_state[k])
+    for k, t in opt.state[model.base_model.model.norm.weight].items():
+        assert torch.equal(t, norm_state[k])
+    # a momentum entry whose second moment is pruned goes too: else m / (sqrt(0) + eps) right after a reset
+    m.copy_(vals.view(4, 250))
+    v.copy_((1001 - vals).view(4, 250))  # the largest momenta have the smallest second moments
+    relora.prune_optimizer_states(opt, [a], 0.9)
+    assert int((v != 0).sum()) == 100 and int((m != 0).sum()) == 0
+
+
+def test_magnitude_pruning_keeps_the_top_share_in_place():
+    vals = torch.randperm(1000).float() + 1
+    t = vals * torch.where(torch.rand(1000) < 0.5, -1.0, 1.0)
+    ref = t
+    relora.magnitude_prune_(t, 0.9)
+    assert t is ref and int((t != 0).sum()) == 100 and t.abs()[t != 0].min() == 901
     assert relora.quantile(torch.arange(1, 1001).float(), 0.9) == pytest.approx(900.1)
-    assert relora.quantile(torch.rand(5000), 0.3) == pytest.approx(float(torch.quantile(torch.rand(5000), 0.3)), abs=0.05)
+    x = torch.rand(5000)
+    assert float(relora.quantile(x, 0.3)) == pytest.approx(float(torch.quantile(x, 0.3)), rel=1e-6)
 
 
 def test_merging_into_a_bf16_base_is_refused():
