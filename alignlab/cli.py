@@ -17,6 +17,7 @@ TOOLS = {
     "analyze": ("alignlab.analysis.cli", "see inside a model: weights, activations, attention, capacity, memory"),
     "preflight": ("alignlab.preflight", "before spending GPU hours: masks, gradient accumulation, memory, time; go/no-go"),
     "report": ("alignlab.analysis.report", "one self-contained HTML page of a run (curves, samples, analyses)"),
+    "blend": ("alignlab.lora.blend", "combine LoRA adapters on their weight deltas (linear, cat, svd, ties, dare, magnitude)"),
 }
 TRAIN = ALGORITHMS  # one table for the commands, the pipeline's stage kinds and StageConfig.kind
 

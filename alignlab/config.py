@@ -300,7 +300,104 @@ class EvalConfig(Strict):
     batch_size: int = Field(64, gt=0)
 
 
-class SFTConfig(RunBase):
+# ----------------------------------------------------------------------------------------------
+# Beyond plain LoRA: ReLoRA, rank-1 merging, effective-rank tracking (docs/lora.md)
+# ----------------------------------------------------------------------------------------------
+
+
+class ReLoRAConfig(Strict):
+    """relora: ReLoRA (arXiv 2307.05695) on top of lora.enabled=true. Every `reset_every` steps s·B·A is
+    merged into the (fp32) base, A is re-drawn (Kaiming uniform) and B zeroed, the LoRA parameters' Adam
+    states are magnitude-pruned in place, and the lr restarts from 0 (the jagged cosine schedule)."""
+
+    enabled: bool = False
+    reset_every: int = Field(100, gt=0, description="loop steps between resets (merge, re-init, optimizer pruning)")
+    restart_warmup_steps: int = Field(10, ge=0, description=(
+        "loop steps of linear lr re-warm-up after each reset, back onto the schedule's envelope; must be < reset_every"))
+    prune: float = Field(0.9, ge=0, le=1, description=(
+        "share of the smallest-magnitude entries of each LoRA parameter's exp_avg and exp_avg_sq zeroed at a reset "
+        "(1: zero them all; Adam's step count is kept); other parameters' states are untouched"))
+
+
+class Rank1Config(Strict):
+    """rank1: dynamic rank-1 merging on top of lora.enabled=true lora.r=1. Every `merge_every` steps the
+    rank-1 adapter (b·a, scale s = lora.alpha) is merged into the fp32 base, a fresh one is drawn
+    (a ~ N(0, I/in), b = 0) and its optimizer state is dropped."""
+
+    enabled: bool = False
+    merge_every: int = Field(1, gt=0, description="loop steps between merges (1: a fresh rank-1 adapter every step)")
+    init: Literal["gaussian", "greedy"] = Field("gaussian", description=(
+        "gaussian: a ~ N(0, I/in); greedy: at the first update after a merge, a is the top right-singular vector "
+        "of that step's weight gradient G (power iterations; the base weights then get gradients too)"))
+    power_iters: int = Field(3, gt=0, description="greedy: power iterations on GᵀG")
+
+
+class RankTrackingConfig(Strict):
+    """analysis: measurements taken during training."""
+
+    rank_every: int = Field(0, ge=0, description=(
+        "every N steps, the effective rank of ΔW = W_t − W_0 of every weight matrix (erank, stable rank, k90, "
+        "numerical rank): means per module type into metrics.jsonl as rank/<module>/<measure>, every matrix into "
+        "analysis/rank/steps/step_N.json; 0: off"))
+    rank_max_dim: int = Field(8192, gt=0, description=(
+        "matrices with a side longer than this (a 262k-row embedding) are skipped, or measured approximately "
+        "with rank_lowrank"))
+    rank_lowrank: int = Field(0, ge=0, description=(
+        "> 0: measure the matrices over rank_max_dim from their top rank_lowrank singular values "
+        "(randomized SVD; erank and k90 are then lower bounds); 0: skip them"))
+
+
+class LowRankRun(RunBase):
+    """A run config whose loop gets the step-end actions of `alignlab.lora.actions` (SFT, DPO, GRPO, PPO)."""
+
+    relora: ReLoRAConfig = Field(default_factory=ReLoRAConfig)
+    rank1: Rank1Config = Field(default_factory=Rank1Config)
+    analysis: RankTrackingConfig = Field(default_factory=RankTrackingConfig)
+
+    def updates_per_step(self) -> int:
+        """Optimizer updates in one loop step: the factor between reset/merge intervals (in steps) and the
+        lr schedule (in updates)."""
+        return 1
+
+    @model_validator(mode="after")
+    def _low_rank(self):
+        r, k = self.relora, self.rank1
+        if r.enabled and k.enabled:
+            raise ValueError("relora.enabled and rank1.enabled are exclusive (rank-1 merging every k steps is already "
+                             "ReLoRA with r=1); enable one")
+        for name, sec in (("relora", r), ("rank1", k)):
+            if not sec.enabled:
+                continue
+            if not self.lora.enabled:
+                raise ValueError(f"{name}.enabled=true merges LoRA adapters into the base: it needs lora.enabled=true")
+            if self.lora.qlora:
+                raise ValueError(f"{name}.enabled=true with lora.qlora=true is not supported: merging into a 4-bit "
+                                 "base would dequantise and requantise it at every merge; use lora.qlora=false")
+            rollback = self.training.watchdog.uses_rollback()
+            if rollback:
+                raise ValueError(f"training.watchdog.{rollback[0]}.action=rollback cannot undo a {name} merge into the "
+                                 "base; use warn, skip or stop")
+        if k.enabled and self.lora.r != 1:
+            raise ValueError(f"rank1.enabled=true trains a rank-1 adapter: set lora.r=1 (it is {self.lora.r})")
+        if r.enabled:
+            if r.restart_warmup_steps >= r.reset_every:
+                raise ValueError(f"relora.restart_warmup_steps={r.restart_warmup_steps} must be smaller than "
+                                 f"relora.reset_every={r.reset_every}: the lr must get back to the schedule before the "
+                                 "next reset")
+            total = self.training.total_steps
+            if total is None:
+                raise ValueError("relora.enabled=true needs training.total_steps (the length of the jagged schedule)")
+            ups, o = self.updates_per_step(), self.optim
+            warm = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_ratio * total * ups))  # optim.warmup_steps
+            if warm > r.reset_every * ups:
+                raise ValueError(f"relora.reset_every={r.reset_every} steps ({r.reset_every * ups} updates) is shorter "
+                                 f"than the lr warm-up ({warm} updates, from optim.warmup_"
+                                 f"{'steps' if o.warmup_steps is not None else 'ratio'}): the first reset must come after "
+                                 "the warm-up; raise relora.reset_every or lower the warm-up")
+        return self
+
+
+class SFTConfig(LowRankRun):
     name: str = "sft"
     optim: OptimConfig = Field(default_factory=OptimConfig)
     training: SFTTrainingConfig = Field(default_factory=lambda: SFTTrainingConfig(total_steps=100))
@@ -394,7 +491,7 @@ class GRPOTrainingConfig(TrainingConfig):
     TOKEN_CAP: ClassVar[bool] = True
 
 
-class GRPOConfig(RunBase):
+class GRPOConfig(LowRankRun):
     name: str = "grpo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -402,6 +499,9 @@ class GRPOConfig(RunBase):
     rl: RLConfig = Field(default_factory=RLConfig)
     training: GRPOTrainingConfig = Field(default_factory=GRPOTrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def updates_per_step(self) -> int:
+        return self.rl.epochs_per_rollout_batch
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "GRPOConfig":
@@ -508,7 +608,7 @@ class DPOSection(Strict):
         return self
 
 
-class DPOConfig(RunBase):
+class DPOConfig(LowRankRun):
     name: str = "dpo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6))
     data: PrefDataConfig = Field(default_factory=PrefDataConfig)
@@ -519,6 +619,14 @@ class DPOConfig(RunBase):
     def _reference(self) -> "DPOConfig":
         if self.dpo.reference == "adapter" and not self.lora.enabled:
             raise ValueError("dpo.reference=adapter needs lora.enabled=true (the reference is the base, adapters off)")
+        return self
+
+    @model_validator(mode="after")
+    def _merged_reference(self) -> "DPOConfig":
+        if self.dpo.reference == "adapter" and (self.relora.enabled or self.rank1.enabled):
+            raise ValueError("dpo.reference=adapter is the base with adapters off, but relora/rank1 merge the adapters into "
+                             "the base, so it stops being the reference after the first merge; use dpo.reference=auto "
+                             "(precomputed) or copy")
         return self
 
 
@@ -604,7 +712,7 @@ class PPOSection(Strict):
         return self
 
 
-class PPOConfig(RunBase):
+class PPOConfig(LowRankRun):
     name: str = "ppo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -635,6 +743,21 @@ class PPOConfig(RunBase):
         if self.ppo.critic == "lora_adapters" and not self.lora.enabled:
             raise ValueError("ppo.critic=lora_adapters needs lora.enabled=true (policy and value are two LoRA adapters "
                              "on one frozen base); without LoRA use ppo.critic=shared or ppo.critic=separate")
+        return self
+
+    def updates_per_step(self) -> int:
+        return self.ppo.num_ppo_epochs * (self.ppo.rollout_size // self.ppo.minibatch_seqs)
+
+    @model_validator(mode="after")
+    def _merges(self) -> "PPOConfig":
+        name = "relora" if self.relora.enabled else "rank1" if self.rank1.enabled else None
+        if name and self.ppo.critic == "lora_adapters":
+            raise ValueError(f"{name} with ppo.critic=lora_adapters is not supported: policy and value adapters share one "
+                             "base, so merging the policy's adapter into it would change the critic too; use "
+                             "ppo.critic=shared or separate")
+        if name and self.ppo.early_stop_kl:
+            raise ValueError(f"{name} with ppo.early_stop_kl is not supported: merges and the lr schedule count a fixed "
+                             "number of updates per rollout step, which early stopping breaks; remove ppo.early_stop_kl")
         return self
 
 

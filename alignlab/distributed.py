@@ -336,6 +336,11 @@ def check(cfg, d: Dist) -> None:
             if isinstance(value, int) and value % d.world:
                 raise ConfigError(f"{key}={value} does not split over {d.world} ranks: it is the global size, each "
                                   f"rank takes an equal share; use a multiple of {d.world}")
+        for sec in ("relora", "rank1"):  # merges into the base at step ends: not yet checked across ranks
+            x = getattr(cfg, sec, None)
+            if x is not None and x.enabled:
+                raise ConfigError(f"{sec}.enabled=true runs in one process for now (its merges into the base are not "
+                                  f"yet tested across ranks); run it without torchrun")
         rm = getattr(cfg, "rm", None)
         if rm is not None and rm.kind == "encoder":
             raise ConfigError("rm.kind=encoder trains in one process (a few seconds); run it without torchrun")

@@ -270,9 +270,15 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
     full weights for full fine-tuning, or the adapter to put back on the base for LoRA."""
     from peft import PeftModel
 
+    from .lora import cycles
+
     adapter_dir = None
+    cycle_dir = cycles.saved_in(resume_from) if lora_cfg.enabled else None  # relora / rank1: the base trained too
     if resume_from is not None:
-        if lora_cfg.enabled:
+        if cycle_dir is not None:  # the merged model at the root; this cycle's adapter and exact base in lora_cycle/
+            model_cfg = model_cfg.model_copy(update={"path": str(resume_from)})
+            adapter_dir = str(cycle_dir)
+        elif lora_cfg.enabled:
             adapter_dir = str(resume_from)
         else:
             model_cfg = model_cfg.model_copy(update={"path": str(resume_from)})
@@ -303,6 +309,8 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
             for p in model.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()
+            if cycle_dir is not None:
+                cycles.load_base(model, cycle_dir)
         else:
             model = apply_lora(model, lora_cfg)
         if model_cfg.gradient_checkpointing:
@@ -398,8 +406,13 @@ def load_frozen_reference(model_cfg: ModelConfig, precision: str = "auto"):
 
 
 def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | None = None) -> None:
-    """A normal HF folder: adapter_config.json + adapter weights for LoRA, full weights otherwise.
+    """A normal HF folder: adapter_config.json + adapter weights for LoRA, full weights otherwise; for
+    relora / rank1 the merged model, with lora_cycle/ for an exact resume (lora/cycles.py).
     `state_dict`: the weights to write instead of the model's own (fsdp2: gathered from the shards)."""
+    from .lora import cycles
+
+    if cycles.is_marked(model):
+        return cycles.save(model, tokenizer, out_dir)
     if state_dict is None:
         model.save_pretrained(out_dir)
     else:

@@ -30,10 +30,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Run:
-    def __init__(self, run_dir: Path, sinks: list | None = None):
+    def __init__(self, run_dir: Path, sinks: list | None = None, fresh: bool = True):
         from .distributed import current
 
         self.dir = Path(run_dir)
+        self.fresh = fresh  # False: resumed from a checkpoint
         self.metrics_path = self.dir / "metrics.jsonl"
         self.sinks = sinks or []  # TensorBoard / W&B: copies of each row; metrics.jsonl is the truth
         self.watchdog = None  # set by begin(); every logged row passes through watchdog.record
@@ -98,6 +99,7 @@ class Run:
         rebuilt from the rows metrics.jsonl kept (on resume: those up to the checkpoint's step);
         `scheduler` and `scaler` are what its rollback restores besides model and optimizer."""
         from . import hooks as H
+        from .lora import actions as lora_actions
         from .watchdog import Watchdog
 
         self.watchdog = None
@@ -108,6 +110,8 @@ class Run:
 
         self.hooks = H.load(config_hooks, extra_hooks)
         self.ctx = H.Context(cfg, self, model, tokenizer, optimizer)
+        # relora / rank1 merges and analysis.rank_every: run first in every end_step (alignlab/lora/actions.py)
+        self.actions = lora_actions.build(cfg, model, optimizer, scheduler, self.dir, self.fresh)
         H.call(self.hooks, "on_start", self.ctx)
 
     def progress(self, total: int, start: int, description: str, every: int | None = None):
@@ -124,6 +128,8 @@ class Run:
         joins the step's row. Hooks run in the same order in every loop. -> the step's row."""
         from . import hooks as H
 
+        for action in getattr(self, "actions", []):
+            metrics = {**metrics, **action.end_step(step, total)}
         wd = self.watchdog
         metrics = {**metrics, **wd.end_step(step, metrics)}
         if evaluated is not None:
@@ -236,7 +242,7 @@ def start(cfg: Strict, run_dir: Path, fresh: bool) -> Run:
         (run_dir / "config.yaml").write_text(dump_config(cfg))
     sinks = [TensorBoardSink(run_dir) if name == "tensorboard" else WandbSink(cfg, run_dir)
              for name in getattr(cfg, "report_to", [])] if main else []
-    run = Run(run_dir, sinks)
+    run = Run(run_dir, sinks, fresh)
     if fresh and main and run.metrics_path.exists():
         run.metrics_path.unlink()
     seed_everything(getattr(cfg, "seed", 0))

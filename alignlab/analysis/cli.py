@@ -1,4 +1,4 @@
-"""`alignlab analyze {weights,activations,attention,capacity,memory} ...`: see docs/analysis.md."""
+"""`alignlab analyze {weights,activations,attention,capacity,memory,rank} ...`: see docs/analysis.md."""
 from __future__ import annotations
 
 import importlib
@@ -12,6 +12,7 @@ COMMANDS = {
     "attention": ("alignlab.analysis.attention", "attention entropy, distance, window mass per layer and head"),
     "capacity": ("alignlab.analysis.capacity", "memorised bits per parameter on random sequences; membership gap"),
     "memory": ("alignlab.analysis.memory", "peak memory per phase of one real training step vs the planner"),
+    "rank": ("alignlab.analysis.rank_track", "effective rank of ΔW over training steps, per module type (analysis.rank_every)"),
 }
 
 

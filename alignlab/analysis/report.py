@@ -140,6 +140,10 @@ def _analysis_tables(kind: str, d: dict) -> str:
                 + table(d.get("capacity", []), caption="capacity per model size"))
     if kind == "memory":
         return table(d.get("phases", []), caption=f"peak memory per phase ({d.get('device', '')})")
+    if kind == "rank_trajectory":
+        rows = [{"run": run, "module": m, "last step": pts[-1][0], d.get("measure", "value"): pts[-1][1]}
+                for run, mods in d.get("runs", {}).items() for m, pts in mods.items() if pts]
+        return table(rows, caption=f"{d.get('measure', '')} of ΔW at the last measured step")
     return f"<pre>{_esc(json.dumps(d, indent=1)[:4000])}</pre>"
 
 

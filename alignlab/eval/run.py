@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for k=1, else 1.0")
     ap.add_argument("--max-new-tokens", type=int, default=None)
     ap.add_argument("--max-examples", type=int, default=None)
+    ap.add_argument("--ops", nargs="+", choices=["+", "-", "*"], default=["+", "-"],
+                    help="arithmetic: the operations of the held-out problems (default + and -)")
     ap.add_argument("--out", help="folder that receives eval/<task>.jsonl (default: the run, or runs/eval-<model>)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf",
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = args.prompt or ("plain" if args.task == "arithmetic" else "r1_zero")
         data = None if (args.data or "").startswith("builtin:") else args.data  # builtin: the task's own held-out set
         tcfg = TaskConfig(name=args.task, prompt=prompt, eval=data,
-                          arithmetic=ArithmeticConfig(n_eval=args.max_examples or 200))
+                          arithmetic=ArithmeticConfig(n_eval=args.max_examples or 200, ops=args.ops))
         task = tasks.load(tcfg, args.seed)
         task.eval = task.eval[: args.max_examples] if args.max_examples else task.eval
         prompts = [e["prompt"] for e in task.eval]

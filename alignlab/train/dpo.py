@@ -32,6 +32,7 @@ import torch
 
 from .. import checkpoint, data, distributed, losses, models, optim, tracking
 from ..config import DPOConfig
+from ..lora import actions as lora_actions
 from ..step import micro_logps, to_device
 
 
@@ -119,7 +120,9 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     models.disable_dropout(policy)
     pack = cfg.data.max_seq_len if cfg.data.packing else None
     policy = dist.wrap(policy)
-    mode = d.reference if d.reference != "auto" else ("adapter" if cfg.lora.enabled else "precomputed")
+    # relora / rank1 merge the adapters into the base: adapters-off is no longer the reference
+    adapter_ref = cfg.lora.enabled and not lora_actions.merges_into_base(cfg)
+    mode = d.reference if d.reference != "auto" else ("adapter" if adapter_ref else "precomputed")
     if d.loss in REFERENCE_FREE:
         mode = "none"
     ref_model = None

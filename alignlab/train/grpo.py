@@ -31,6 +31,7 @@ import torch
 from .. import advantages as A
 from .. import checkpoint, data, distributed, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
+from ..lora import actions as lora_actions
 from ..logprobs import get_response_log_probs, packed_response_log_probs
 
 
@@ -104,7 +105,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     policy = dist.wrap(policy)
     sampler = rollout.make_sampler(cfg.sampling, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     reference = None
-    if rl.kl_coef > 0 and not cfg.lora.enabled:  # LoRA: the reference is the base, adapters disabled
+    # LoRA: the reference is the base, adapters disabled; unless relora / rank1 merge into that base
+    if rl.kl_coef > 0 and (not cfg.lora.enabled or lora_actions.merges_into_base(cfg)):
         reference = dist.wrap(models.load_frozen_reference(cfg.model, t.precision), train=False)
     n_updates = t.total_steps * rl.epochs_per_rollout_batch
     opt, sched = optim.build(policy, cfg.optim, n_updates)

@@ -37,6 +37,7 @@ import torch
 from .. import advantages as A
 from .. import checkpoint, critics, distributed, losses, models, optim, rollout, tasks, tracking
 from ..config import PPOConfig
+from ..lora import actions as lora_actions
 from ..rewards.scorer import build_scorer
 
 
@@ -54,7 +55,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     sampler = rollout.make_sampler(s, policy, tok, cfg.model, cfg.lora, prec, seed=cfg.seed)
     score = build_scorer(cfg.reward, task, device, tok)
     reference = None
-    if p.kl_coef > 0 and not cfg.lora.enabled:
+    if p.kl_coef > 0 and (not cfg.lora.enabled or lora_actions.merges_into_base(cfg)):  # adapters-off base, unless merged into
         reference = models.load_frozen_reference(cfg.model, t.precision)
     per_rollout = p.num_ppo_epochs * (p.rollout_size // p.minibatch_seqs)
     trainable, opt, sched = critics.build_optimizer(policy, critic, cfg, t.total_steps * per_rollout)
@@ -62,7 +63,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
     start = checkpoint.restore(resume_from, opt, sched, scaler)
     kl_coef = checkpoint.load_state(resume_from)["extra"]["kl_coef"] if resume_from is not None else p.kl_coef
     run.truncate_after(start)
-    run.begin(cfg, policy, tok, opt, t.hooks, hooks)
+    run.begin(cfg, policy, tok, opt, t.hooks, hooks, scheduler=sched, scaler=scaler)
     if start == 0:
         metrics, rows = tasks.evaluate_run(policy, tok, task, cfg, sampler)
         run.log(0, **metrics)
