@@ -81,7 +81,10 @@ def save(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_
         return final
     try:
         with atomic_dir(final) as tmp:
-            save_model(model, tokenizer, tmp, state_dict=full)
+            if full is None:
+                save_model(model, tokenizer, tmp)
+            else:  # fsdp2: the weights gathered from the shards
+                save_model(model, tokenizer, tmp, state_dict=full)
             for name, sub in (submodels or {}).items():
                 save_model(sub, tokenizer, tmp / name)
             state = {"step": step, "scheduler": scheduler.state_dict(), "rng": rngs[0], "extra": extra or {},

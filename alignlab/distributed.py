@@ -119,28 +119,23 @@ class Dist:
     # -- reductions -------------------------------------------------------------------------------------
 
     def sum(self, x):
-        """A number, a tensor, a list of numbers or a dict of numbers summed over ranks (float64 for numbers)."""
-        return self._reduce(x, dist.ReduceOp.SUM)
-
-    def max(self, x):
-        return self._reduce(x, dist.ReduceOp.MAX)
-
-    def _reduce(self, x, op):
+        """A number, a tensor, a list of numbers or a dict of numbers summed over ranks (float64 for numbers;
+        a dict's keys must be the same on every rank)."""
         if not self.active or self.world == 1:
             return x
         if isinstance(x, torch.Tensor):
             t = x.detach().to(self.device, copy=True)
-            dist.all_reduce(t, op=op)
+            dist.all_reduce(t)
             return t.to(x.device)
         if isinstance(x, dict):
-            keys = sorted(x)
-            vals = self._reduce([float(x[k]) for k in keys], op)
-            return {k: v for k, v in zip(keys, vals)}
+            keys = sorted(x)  # the same order on every rank
+            total = dict(zip(keys, self.sum([float(x[k]) for k in keys])))
+            return {k: total[k] for k in x}
         if isinstance(x, (list, tuple)):
             t = torch.tensor([float(v) for v in x], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t, op=op)
+            dist.all_reduce(t)
             return t.tolist()
-        v = self._reduce([x], op)[0]
+        v = self.sum([x])[0]
         return int(v) if isinstance(x, int) and not isinstance(x, bool) else v
 
     def cat(self, t: torch.Tensor) -> torch.Tensor:
