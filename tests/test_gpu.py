@@ -168,6 +168,43 @@ def test_static_decode_on_cuda_equals_generate(tiny_dirs, decode, arch):
     torch.testing.assert_close(lp[m], t["sampling_logps"][m], atol=1e-4, rtol=0)
 
 
+def test_graph_decode_steps_neither_sync_nor_recompile(tiny_dirs, monkeypatch):
+    """Between the finish checks, the cuda_graphs loop never waits for the GPU (a blocking copy or a
+    read of a device value would serialise the CPU's launches with the GPU's work), and after the first
+    batch no step is traced or captured again, on Gemma-3 too (sliding-window layers)."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignlab.rollout import hf as rollout_hf
+
+    monkeypatch.setattr(rollout_hf, "FINISH_CHECK_EVERY", 10**9)  # no finish check: no sync is expected at all
+    for arch in ("qwen2", "gemma3_text"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_dirs[arch]).cuda()
+        tok = AutoTokenizer.from_pretrained(tiny_dirs[arch])
+        enc = tok(["12+3=", "a much longer prompt here 7-3="], return_tensors="pt", padding=True,
+                  padding_side="left").to("cuda")
+        u = torch.rand(4, 24, device="cuda")
+        kw = dict(max_new_tokens=24, n=2, temperature=1.0, eos_id=-1, pad_id=tok.pad_token_id, graphs=True,
+                  uniforms=u)
+        first, _ = rollout_hf.decode_static(model, enc["input_ids"], enc["attention_mask"], **kw)  # traces, captures
+        graphs = counters["stats"]["unique_graphs"]
+        torch.cuda.synchronize()
+        real_pick = rollout_hf._pick
+
+        def pick(*a, **k):  # the first pick comes after the (eager) prefill: from here on, no sync is allowed
+            torch.cuda.set_sync_debug_mode("error")
+            return real_pick(*a, **k)
+
+        monkeypatch.setattr(rollout_hf, "_pick", pick)
+        try:
+            again, _ = rollout_hf.decode_static(model, enc["input_ids"], enc["attention_mask"], **kw)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            monkeypatch.setattr(rollout_hf, "_pick", real_pick)
+        assert counters["stats"]["unique_graphs"] == graphs, arch
+        assert torch.equal(first, again), arch
+
+
 
 def test_qlora_step_memory_is_below_lora_and_the_planner_predicts_it():
     """QLoRA saves what NF4 can save: LoRA's peak minus QLoRA's is at least 80% of the projection

@@ -120,6 +120,7 @@ def test_prompts_are_bucketed_so_shapes_repeat(models, monkeypatch):
     CUDA graphs captured for it are replayed, not re-captured), and the extra left padding changes no
     output: the completions equal those of the unbucketed loop."""
     model, tok = models["qwen2"]
+    monkeypatch.setattr(rollout_hf, "CACHE_BUCKET", 1)  # cache length = bucketed prompt + new tokens
     shapes = []
     real = rollout_hf._static_cache_and_step
     monkeypatch.setattr(rollout_hf, "_static_cache_and_step",
@@ -133,6 +134,69 @@ def test_prompts_are_bucketed_so_shapes_repeat(models, monkeypatch):
         lengths = {length for _, length in shapes}
         assert len(lengths) == (1 if bucket > 1 else 3), (bucket, shapes)
     assert outs[1] == outs[16]
+
+
+def test_cache_length_is_bucketed(models, monkeypatch):
+    """Prompt lengths from different prompt buckets share one cache length (one per-token step shape, so
+    one compilation and graph capture), and the unused cache tail changes no output."""
+    model, tok = models["qwen2"]
+    lengths = []
+    real = rollout_hf._static_cache_and_step
+    monkeypatch.setattr(rollout_hf, "_static_cache_and_step",
+                        lambda m, b, length, g: lengths.append(length) or real(m, b, length, g))
+    batches = (["1+2="], ["a much longer prompt than the others, 4+4=" * 2])
+    ours = [rollout.generate(model, tok, p, max_new_tokens=6, decode="static").completion_ids for p in batches]
+    assert len({len(tok(p[0])["input_ids"]) // rollout_hf.PROMPT_BUCKET for p in batches}) == 2  # two prompt buckets
+    assert len(set(lengths)) == 1 and lengths[0] % rollout_hf.CACHE_BUCKET == 0, lengths
+    assert ours == [rollout.generate(model, tok, p, max_new_tokens=6).completion_ids for p in batches]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3_text"])
+def test_decode_step_compiles_once(models, monkeypatch, arch):
+    """The per-token step traces into one graph (no graph breaks) that every later step reuses: nothing it
+    reads changes its guards from one token to the next. A recompiling step (Gemma-3's sliding layers in
+    transformers' StaticCache keep their fill level in a Python int) would be re-traced every token and,
+    past the recompile limit, run eagerly; on CUDA that undoes the graphs. The eager backend traces
+    exactly as `cuda_graphs` does, without compiling kernels."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    model, tok = models[arch]
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(rollout_hf._decode_step, backend="eager", fullgraph=True, dynamic=False)
+    real = rollout_hf._static_cache_and_step
+    monkeypatch.setattr(rollout_hf, "_static_cache_and_step", lambda m, b, length, g: (real(m, b, length, False)[0], step))
+    ours = rollout.generate(model, tok, PROMPTS[:2], max_new_tokens=12, n=2, temperature=1.0, decode="static",
+                            seeds=[1, 2])
+    again = rollout.generate(model, tok, PROMPTS[:2], max_new_tokens=12, n=2, temperature=1.0, decode="static",
+                             seeds=[1, 2])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert ours.completion_ids == again.completion_ids and max(len(c) for c in ours.completion_ids) > 8
+    torch._dynamo.reset()
+
+
+def test_static_decode_is_exact_past_the_sliding_window(models):
+    """Gemma-3 with a 4-token window, decoding past it: the full-length cache of the static loop masks the
+    sliding layers' old keys, as transformers' rolling sliding-window cache evicts them; greedy outputs and
+    their log-probs equal generate's."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab.tiny import tiny_config
+
+    _, tok = models["gemma3_text"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config("gemma3_text", sliding_window=4, vocab_size=len(tok))).eval()
+    kw = dict(max_new_tokens=16, return_logprobs=True)
+    ref = rollout.generate(model, tok, PROMPTS, **kw)
+    ours = rollout.generate(model, tok, PROMPTS, decode="static", **kw)
+    assert ours.completion_ids == ref.completion_ids and min(len(c) for c in ours.completion_ids) > 4
+    for a, b in zip(ours.sampling_logps, ref.sampling_logps):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+    # the window matters here: a model that saw every key would decode differently
+    wide = AutoModelForCausalLM.from_config(tiny_config("gemma3_text", sliding_window=64, vocab_size=len(tok))).eval()
+    wide.load_state_dict(model.state_dict())
+    assert rollout.generate(wide, tok, PROMPTS, **kw).sampling_logps != ref.sampling_logps
 
 
 def test_cuda_graphs_are_refused_without_cuda(models):

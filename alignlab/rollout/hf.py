@@ -12,6 +12,7 @@ piles up.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -78,7 +79,11 @@ def top_p_filter(z: torch.Tensor, top_p: float) -> torch.Tensor:
 
 DECODERS = ("generate", "static", "cuda_graphs")
 FINISH_CHECK_EVERY = 8  # decode steps between host syncs that ask whether every sequence is done
-PROMPT_BUCKET = 16  # static loop: prompts are left-padded to a multiple of this, so shapes (and graphs) repeat
+PROMPT_BUCKET = 16  # static loop: prompts are left-padded to a multiple of this (fewer distinct prefill shapes)
+CACHE_BUCKET = 128  # static loop: the KV cache's length is rounded up to a multiple of this, so the per-token
+# step sees few (rows, cache length) shapes: each new one is a torch.compile recompilation and a graph capture,
+# and past torch._dynamo.config.recompile_limit (default 8) torch.compile silently falls back to eager
+GRAPH_SHAPES = 64  # cuda_graphs: the recompile limit while decoding (each (rows, cache length, dtype) needs one)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_p: float,
@@ -115,16 +120,26 @@ def _decode_step(model, cache, tok, position_ids, cache_position, mask):
                  cache_position=cache_position, use_cache=True).logits[:, -1]
 
 
-def _static_cache_and_step(model, batch: int, length: int, graphs: bool):
-    from transformers import StaticCache
+def _static_cache(model, length: int):
+    """A static KV cache of `length` positions in every layer, sliding-window layers included.
+    transformers' StaticCache gives sliding layers a rolling window whose fill level is a Python int;
+    torch.compile guards on it, so every decode step would recompile (and after the recompile limit, run
+    eagerly). A full-length layer is exact for them too: the model's sliding-window mask is computed from
+    absolute positions, so keys older than the window are masked rather than evicted."""
+    from transformers.cache_utils import Cache, StaticLayer
 
+    n = model.config.get_text_config(decoder=True).num_hidden_layers
+    return Cache(layers=[StaticLayer(max_cache_len=length) for _ in range(n)])
+
+
+def _static_cache_and_step(model, batch: int, length: int, graphs: bool):
     if not graphs:
-        return StaticCache(config=model.config, max_cache_len=length), _decode_step
+        return _static_cache(model, length), _decode_step
     dev = next(model.parameters()).device.type
     key = (batch, length, torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None)
     per_model = _GRAPHED.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = (StaticCache(config=model.config, max_cache_len=length),
+        per_model[key] = (_static_cache(model, length),
                           torch.compile(_decode_step, mode="reduce-overhead", fullgraph=False, dynamic=False))
     cache, step = per_model[key]
     cache.reset()
@@ -150,7 +165,7 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     am = torch.nn.functional.pad(attention_mask.long(), (extra, 0), value=0).repeat_interleave(n, 0)
     B, S = ids.shape
     dev = ids.device
-    L = S + max_new_tokens
+    L = -(-(S + max_new_tokens) // CACHE_BUCKET) * CACHE_BUCKET  # unused tail positions stay masked out
     cache, step = _static_cache_and_step(model, B, L, graphs)
     mask = torch.zeros(B, L, dtype=torch.long, device=dev)  # the one (B, L) mask every step reads
     mask[:, :S] = am
@@ -159,30 +174,33 @@ def decode_static(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                 cache_position=torch.arange(S, device=dev), use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1]  # (B, V)
     next_pos = pos[:, -1:] + 1  # (B, 1)
+    # every step's cache position, made once: a tensor built from a Python int each step would be a
+    # blocking host-to-device copy, which on CUDA waits for all queued work and stalls the launch pipeline
+    cache_pos = torch.arange(S, L, device=dev)
 
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     logps = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=dev)
     done = torch.zeros(B, dtype=torch.bool, device=dev)
-    for i in range(max_new_tokens):
-        tok, lp = _pick(logits, temperature, top_p, None if uniforms is None else uniforms[:, i])
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        tokens[:, i], logps[:, i] = tok, lp
-        done |= tok == eos_id
-        if i == max_new_tokens - 1:
-            break
-        if (i + 1) % FINISH_CHECK_EVERY == 0:
-            if stop_hit is not None:
-                live = (~done).nonzero().squeeze(-1).tolist()
-                hits = stop_hit([tokens[j, : i + 1].tolist() for j in live])
-                for j, h in zip(live, hits):
-                    if h:
-                        done[j] = True
-            if bool(done.all()):
+    shapes = torch._dynamo.config.patch(recompile_limit=GRAPH_SHAPES) if graphs else contextlib.nullcontext()
+    with shapes:
+        for i in range(max_new_tokens):
+            tok, lp = _pick(logits, temperature, top_p, None if uniforms is None else uniforms[:, i])
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            tokens[:, i], logps[:, i] = tok, lp
+            done |= tok == eos_id
+            if i == max_new_tokens - 1:
                 break
-        t = S + i
-        mask[:, t] = 1
-        logits = step(model, cache, tok[:, None], next_pos, torch.tensor([t], device=dev), mask)
-        next_pos = next_pos + 1
+            if (i + 1) % FINISH_CHECK_EVERY == 0:
+                if stop_hit is not None:  # one device-to-host copy for all rows
+                    so_far, finished = tokens[:, : i + 1].tolist(), done.tolist()
+                    live = [j for j in range(B) if not finished[j]]
+                    hits = stop_hit([so_far[j] for j in live])
+                    done[[j for j, h in zip(live, hits) if h]] = True
+                if bool(done.all()):
+                    break
+            mask[:, S + i] = 1
+            logits = step(model, cache, tok[:, None], next_pos, cache_pos[i : i + 1], mask)
+            next_pos = next_pos + 1
     return tokens, logps
 
 
