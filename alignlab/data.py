@@ -291,21 +291,32 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return pad_and_shift(seqs, masks, pad_id)
 
 
-def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
-    """Greedily pack examples into rows of <= max_len tokens. `position_ids` restart at 0 for each
-    example and `attention_mask` is omitted: transformers then builds a block-diagonal causal mask
-    (flash_attention_2: variable-length kernels), so packed examples never attend to each other.
-    `segment` (rows, width) holds each position's index into `items` (-1 on the padding tail), for
-    per-example sums (`segment_sums`)."""
-    rows: list[list[tuple[int, Encoded]]] = []
-    for i, e in sorted(enumerate(items), key=lambda ie: -len(ie[1].ids)):
-        for row in rows:
-            if sum(len(x.ids) for _, x in row) + len(e.ids) <= max_len:
-                row.append((i, e))
+def first_fit_decreasing(lengths: list[int], cap: int) -> list[list[int]]:
+    """Bin packing of sequence lengths into rows of at most `cap` tokens: longest first (ties in index
+    order), each into the first row it fits; a length over `cap` gets a row of its own. -> the indices
+    in each row. The one packer behind `collate_packed` and `logprobs.packed_response_log_probs`."""
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, used in enumerate(fill):
+            if used + lengths[i] <= cap:
+                rows[r].append(i)
+                fill[r] += lengths[i]
                 break
         else:
-            rows.append([(i, e)])
-    width = max(sum(len(x.ids) for _, x in row) for row in rows)
+            rows.append([i])
+            fill.append(lengths[i])
+    return rows
+
+
+def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """Pack examples into rows of <= max_len tokens (`first_fit_decreasing`). `position_ids` restart at 0
+    for each example and `attention_mask` is omitted: transformers then builds a block-diagonal causal
+    mask (flash_attention_2: variable-length kernels), so packed examples never attend to each other.
+    `segment` (rows, width) holds each position's index into `items` (-1 on the padding tail), for
+    per-example sums (`segment_sums`)."""
+    rows = first_fit_decreasing([len(e.ids) for e in items], max_len)
+    width = max(sum(len(items[i].ids) for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -313,7 +324,8 @@ def collate_packed(items: list[Encoded], pad_id: int, max_len: int) -> dict[str,
     seg = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         at = 0
-        for i, e in row:
+        for i in row:
+            e = items[i]
             n = len(e.ids)
             t = torch.tensor(e.ids)
             ids[r, at : at + n] = t
@@ -381,29 +393,14 @@ class StepSampler:
 
 def micro_batches(items: list[Encoded], micro: int, bucket: bool, max_tokens: int | None = None,
                   packed: bool = False) -> list[list[Encoded]]:
-    """Split one optimizer step's examples into micro-batches of at most `micro` examples; with
-    `bucket`, similar lengths go together (less padding). With `max_tokens`, a micro-batch also closes
-    before its size in tokens would pass the budget (padded: rows x its longest example; `packed`: the
-    sum of lengths), so short examples share big micro-batches and long ones get small ones; an example
-    longer than the budget goes alone. The step's loss is normalised by the whole step's counts, so
-    neither the order nor the split can change the update."""
+    """Split one optimizer step's examples into micro-batches (`budget_micro_batches`: at most `micro`
+    examples and, with `max_tokens`, at most that many tokens, so short examples share big micro-batches
+    and long ones get small ones); with `bucket`, similar lengths go together (less padding). The step's
+    loss is normalised by the whole step's counts, so neither the order nor the split can change the update."""
     if bucket:
         items = sorted(items, key=lambda e: len(e.ids))
-    budget = max_tokens or float("inf")
-    out: list[list[Encoded]] = []
-    cur: list[Encoded] = []
-    total = longest = 0  # the open micro-batch's summed and longest lengths
-    for e in items:
-        n = len(e.ids)
-        size = total + n if packed else (len(cur) + 1) * max(longest, n)
-        if cur and (len(cur) >= micro or size > budget):
-            out.append(cur)
-            cur, total, longest = [], 0, 0
-        cur.append(e)
-        total, longest = total + n, max(longest, n)
-    if cur:
-        out.append(cur)
-    return out
+    cuts = budget_micro_batches(list(range(len(items))), [(len(e.ids),) for e in items], micro, max_tokens, packed)
+    return [[items[i] for i in cut] for cut in cuts]
 
 
 # ----------------------------------------------------------------------------------------------

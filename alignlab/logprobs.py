@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .data import first_fit_decreasing
+
 CHUNK_BYTES = 2**28  # ~256 MiB of fp32 logits per chunk: 256 tokens at a 262k vocabulary
 
 
@@ -238,26 +240,15 @@ def get_response_log_probs(
 def packed_response_log_probs(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
                               pack_len: int | None = None, **kw) -> dict[str, torch.Tensor]:
     """`get_response_log_probs` of a right-padded batch without computing its padding: each row's real
-    tokens (attention_mask == 1, a prefix of the row) are packed first-fit-decreasing into rows of at most
+    tokens (attention_mask == 1, a prefix of the row) are packed (`data.first_fit_decreasing`) into rows of at most
     `pack_len` tokens (default: the batch's width, so a packed row attends over no more than a padded
     one), with position_ids restarting per sequence (transformers masks attention block-diagonally;
     flash_attention_2 runs variable-length kernels). The results are put back at their (B, T) places,
     zeros on padding, so every caller's masks and losses stay as they are; gradients flow through."""
     B, T = input_ids.shape
     lengths = attention_mask.sum(-1).tolist()
-    cap = max(pack_len or T, max(lengths) if lengths else 1)
-    rows: list[list[int]] = []
-    fill: list[int] = []
-    for b in sorted(range(B), key=lambda b: -lengths[b]):
-        for r, used in enumerate(fill):
-            if used + lengths[b] <= cap:
-                rows[r].append(b)
-                fill[r] += lengths[b]
-                break
-        else:
-            rows.append([b])
-            fill.append(lengths[b])
-    width = max(fill)
+    rows = first_fit_decreasing(lengths, pack_len or T)
+    width = max(sum(lengths[b] for b in row) for row in rows)
     dev = input_ids.device
     src_b, src_t, dst_r, dst_t = [], [], [], []
     pos = torch.zeros(len(rows), width, dtype=torch.long)

@@ -63,3 +63,14 @@ def load_sft(tmp_path, model_dir, name="run", **extra):
     from alignlab.config import SFTConfig, load_config
 
     return load_config(SFTConfig, "sft_tiny", sft_overrides(tmp_path, model_dir, name, **extra))
+
+
+class StopAt:
+    """A lifecycle hook that simulates an interruption (Ctrl-C) right after the checkpoint of `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, ctx, step, path):
+        if step == self.step:
+            raise KeyboardInterrupt

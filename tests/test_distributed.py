@@ -181,21 +181,27 @@ def prefs(tmp_path_factory):
     return p
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, qwen_dir, prefs):
-    """SFT, DPO and GRPO, 3 steps each, in this process: the references."""
+def _pipeline_in_process(root):
+    """The one-process reference: root/p.yaml's pipeline in this process, with the odd-length reward that
+    the torchrun ranks get through ALIGNLAB_TEST_ODD_REWARD (put back afterwards)."""
     from dist_entry import odd_length_reward
 
     from alignlab.tasks import arithmetic
 
-    root = tmp_path_factory.mktemp("one")
-    (root / "p.yaml").write_text(yaml.safe_dump(_stages(qwen_dir, prefs)))
     keep = arithmetic.arithmetic_reward
     odd_length_reward()
     try:
         in_process(["pipeline", "-c", str(root / "p.yaml"), f"out_dir={root}"])
     finally:
         arithmetic.arithmetic_reward = keep
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, qwen_dir, prefs):
+    """SFT, DPO and GRPO, 3 steps each, in this process: the references."""
+    root = tmp_path_factory.mktemp("one")
+    (root / "p.yaml").write_text(yaml.safe_dump(_stages(qwen_dir, prefs)))
+    _pipeline_in_process(root)
     return root / "eq"
 
 
@@ -269,19 +275,10 @@ def _other_stages(model: Path, data: Path) -> dict:
 @pytest.fixture(scope="module")
 def other_loops(tmp_path_factory, qwen_dir, prefs):
     """-> (one process, 2 ddp ranks) run roots of EI, RM and PPO."""
-    from dist_entry import odd_length_reward
-
-    from alignlab.tasks import arithmetic
-
     one, two = tmp_path_factory.mktemp("one_other"), tmp_path_factory.mktemp("ddp_other")
     for root in (one, two):
         (root / "p.yaml").write_text(yaml.safe_dump(_other_stages(qwen_dir, prefs)))
-    keep = arithmetic.arithmetic_reward
-    odd_length_reward()
-    try:
-        in_process(["pipeline", "-c", str(one / "p.yaml"), f"out_dir={one}"])
-    finally:
-        arithmetic.arithmetic_reward = keep
+    _pipeline_in_process(one)
     out = torchrun(["pipeline", "-c", str(two / "p.yaml"), f"out_dir={two}"], ALIGNLAB_TEST_ODD_REWARD="1")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return one / "eq", two / "eq"

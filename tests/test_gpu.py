@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from alignlab import cli, rollout, tracking  # noqa: E402
 from alignlab.data import tokenize_prompt_and_output  # noqa: E402
 from alignlab.logprobs import get_response_log_probs, naive_response_log_probs  # noqa: E402
-from conftest import load_sft  # noqa: E402
+from conftest import StopAt, load_sft  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 CUDA = {"model.device": "cuda", "training.precision": "bf16"}
@@ -90,18 +90,13 @@ def test_resume_is_exact_on_cuda(tmp_path, qwen_dir):
 
     from alignlab.train import sft
 
-    class StopAt:
-        def on_save(self, ctx, step, path):
-            if step == 2:
-                raise KeyboardInterrupt
-
     torch.use_deterministic_algorithms(True)
     try:
         kw = {"training.total_steps": 4, "training.save_every": 2, "data.eval": "null", **CUDA}
         straight, split = load_sft(tmp_path, qwen_dir, "s", **kw), load_sft(tmp_path, qwen_dir, "p", **kw)
         sft.main(straight)
         with pytest.raises(KeyboardInterrupt):
-            sft.main(split, hooks=[StopAt()])
+            sft.main(split, hooks=[StopAt(2)])
         sft.main(split)
     finally:
         torch.use_deterministic_algorithms(False)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import load_sft
+from conftest import StopAt, load_sft
 
 from alignlab import tracking
 from alignlab.config import ConfigError, DPOConfig, GRPOConfig, PPOConfig, SFTConfig, load_config
@@ -311,15 +311,6 @@ def test_bad_settings_are_refused_at_load_time(schema, cfg, overrides, match):
 
 def rows(run_dir, key):
     return [(r["step"], r[key]) for r in tracking.read_metrics(run_dir) if key in r]
-
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_save(self, ctx, step, path):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 def weights_of(ckpt):

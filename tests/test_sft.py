@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import ARCHS, load_sft, sft_overrides
+from conftest import ARCHS, StopAt, load_sft, sft_overrides
 from safetensors.torch import load_file
 
 from alignlab import cli, step, tracking
@@ -102,17 +102,6 @@ def test_lora_at_init_equals_the_base_and_reference_mode_is_the_base(qwen_dir):
         assert not torch.allclose(policy(ids).logits, base(ids).logits)
         with reference_mode(policy):
             torch.testing.assert_close(policy(ids).logits, base(ids).logits, atol=0, rtol=0)
-
-
-class StopAt:
-    """A lifecycle hook that simulates an interruption right after a checkpoint."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_save(self, ctx, step, path):
-        if step == self.step:
-            raise KeyboardInterrupt
 
 
 def test_resume_2_plus_2_equals_4_straight_exactly(tmp_path, qwen_dir):

@@ -31,6 +31,20 @@ def test_token_budget_splits_cover_every_example_within_the_budget(packed):
     assert [len(mb) for mb in data.micro_batches(items, 4, True)] == [4, 4, 2]
 
 
+def test_first_fit_decreasing_packs_within_the_cap():
+    """Every index once; each row within the cap unless it holds a single over-long sequence; longest
+    first into the first row with room, so rows are few (here the optimum: 48 tokens in 3 rows of 16)."""
+    lengths = [5, 11, 3, 16, 8, 1, 4, 20]
+    rows = data.first_fit_decreasing(lengths, 16)
+    assert sorted(i for r in rows for i in r) == list(range(len(lengths)))
+    for r in rows:
+        assert sum(lengths[i] for i in r) <= 16 or len(r) == 1, r
+    assert rows[0] == [7]  # the 20-token sequence alone, first (longest first)
+    assert len(rows) == 1 + -(-sum(x for x in lengths if x <= 16) // 16)  # no wasted row
+    # a row that already holds a sequence takes the next one that fits (first fit), not a new row
+    assert data.first_fit_decreasing([6, 6, 4], 10) == [[0, 2], [1]]
+
+
 def test_a_token_budget_accumulates_the_same_update(tmp_path, qwen_dir, monkeypatch):
     from alignlab import models
 
