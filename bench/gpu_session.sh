@@ -36,7 +36,7 @@ python3 bench/gpu.py --check 2>&1 | tee -a "$OUTDIR/gpu.txt"
 
 tests() {
   (( TESTS > 0 )) || return 0
-  timeout "$TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py -rfEs --durations=8 \
+  timeout "$TESTS" python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_gpu_distributed.py -rfEs --durations=8 \
     2>&1 | tee "$OUTDIR/tests.txt"
 }
 (( TESTS_FIRST )) && tests
