@@ -265,6 +265,27 @@ def apply_lora(model, lora: LoRAConfig):
     return model
 
 
+class _CastUnlessAutocast:
+    """peft's `cast_input_dtype_enabled` switch on a LoRA layer: false while autocast is on.
+
+    A LoRA layer casts its input to the adapter's dtype (fp32) before `lora_A`. Under autocast that
+    matmul casts it straight back to half precision, so the cast only adds work: a full fp32 copy of
+    the layer's input for every target (7 per decoder layer), the adapter's dropout run in fp32, and a
+    half copy saved for backward next to the input the base layer already saved. Skipping it gives the
+    same values and gradients (the fp32 round trip of a half tensor is exact). Without autocast the
+    cast still runs, so a half input to an fp32 adapter keeps working."""
+
+    def __bool__(self) -> bool:
+        return not any(torch.is_autocast_enabled(d) for d in ("cuda", "cpu", "mps"))
+
+
+def skip_lora_input_cast_under_autocast(model) -> None:
+    """Every LoRA layer of `model` skips peft's input cast while autocast is on (`_CastUnlessAutocast`)."""
+    for m in model.modules():
+        if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A"):
+            m.cast_input_dtype_enabled = _CastUnlessAutocast()
+
+
 def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "auto", resume_from=None):
     """-> (model, tokenizer, device, Precision). `resume_from` (a checkpoints/step_N folder) holds the
     full weights for full fine-tuning, or the adapter to put back on the base for LoRA."""
@@ -313,6 +334,7 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
                 cycles.load_base(model, cycle_dir)
         else:
             model = apply_lora(model, lora_cfg)
+        skip_lora_input_cast_under_autocast(model)
         if model_cfg.gradient_checkpointing:
             model.enable_input_require_grads()
     # Training mode: from_pretrained returns eval mode, where transformers skips gradient checkpointing.
@@ -355,6 +377,7 @@ def load_reward_model(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: s
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
+        skip_lora_input_cast_under_autocast(model)
     return model.to(device), tok, device, prec
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/planner_accuracy.py                 # grid + extra cases -> docs/planner_accuracy.md
     .venv/bin/python bench/planner_accuracy.py --quick         # 4 cases, prints only
+    .venv/bin/python bench/planner_accuracy.py --layer-table   # docs/planner.md's bytes per token per layer
 
 Grid: 4 architectures from alignlab's tiny factory at a larger size (gemma3_text, qwen2, qwen3,
 llama) x {full, LoRA r=16 on all 7 projections} x seq {128, 256} x micro-batch {1, 4}, fp32,
@@ -199,12 +200,43 @@ def summary(rows: list[Row]) -> str:
             f"naive plan formulas |error| mean {sum(nv) / len(nv):.0f}% (max {max(nv):.0f}%)")
 
 
+LAYER_TABLE_MODELS = ("google/gemma-3-270m", "google/gemma-3-1b-it", "google/gemma-3-4b", "google/gemma-3-12b",
+                      "google/gemma-3-27b", "Qwen/Qwen2.5-Math-1.5B", "Qwen/Qwen3-0.6B", "Qwen/Qwen2.5-0.5B")
+
+
+def layer_table() -> str:
+    """Predicted activation bytes saved per token per decoder layer (the mean over layers) for catalog
+    models: seq 512, no padding, CUDA, LoRA r=16 with dropout 0.05 on all 7 projections (the defaults)."""
+    from alignlab.plan.arch import load_arch
+
+    setups = (("fp32 full", dict(method="full", precision="fp32")),
+              ("bf16 autocast full", dict(method="full", precision="bf16")),
+              ("pure bf16 full", dict(method="full", precision="bf16", weight_dtype="bf16")),
+              ("LoRA bf16 base", dict(method="lora", precision="bf16")),
+              ("QLoRA", dict(method="qlora", precision="bf16")))
+    out = ["| model | params | per layer | " + " | ".join(n for n, _ in setups) + " |",
+           "|---|---:|---:|" + "---:|" * len(setups)]
+    for name in LAYER_TABLE_MODELS:
+        a = load_arch(name)
+        pc = a.param_counts()
+        cells = []
+        for _, kw in setups:
+            est = estimate(a, Setup(device="cuda", micro_batch=1, seq_len=512, padded=False, task="sft", **kw))
+            cells.append(f"{sum(est.per_layer_token_bytes.values()) / 1024:.1f} KiB")
+        out.append(f"| {name} | {pc['total'] / 1e9:.3f}B | {pc['per_layer'] / 1e6:.2f}M | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     threads = torch.get_num_threads()
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--layer-table", action="store_true", help="print docs/planner.md's per-layer table and stop")
     ap.add_argument("--out", default=str(ROOT / "docs" / "planner_accuracy.md"))
     args = ap.parse_args()
+    if args.layer_table:
+        print(layer_table())
+        return
     t0 = time.time()
     rows = []
     for name, s, label in grid(args.quick):

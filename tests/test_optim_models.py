@@ -119,6 +119,52 @@ def test_lora_targets_default_to_attention_and_mlp(qwen_dir):
         load_policy(ModelConfig(path=str(qwen_dir)), LoRAConfig(enabled=True, target_modules=["c_attn"]))
 
 
+def test_lora_skips_the_fp32_input_copy_under_autocast_with_the_same_numbers(qwen_dir):
+    """Under autocast, alignlab's LoRA layers skip peft's cast of their input to fp32 (models.
+    skip_lora_input_cast_under_autocast): the same log-probs and gradients, bit for bit (the fp32 round
+    trip of a bf16 tensor is exact), and less saved for backward (lora_A saves the input the base layer
+    already saved, not a copy per target). Without autocast the cast still happens, so a bf16 input
+    reaches the fp32 adapter without a dtype error."""
+    from alignlab.logprobs import get_response_log_probs
+    from alignlab.models import _CastUnlessAutocast
+
+    policy, tok, *_ = load_policy(ModelConfig(path=str(qwen_dir), dtype="bfloat16"),
+                                  LoRAConfig(enabled=True, r=4, dropout=0.0), precision="bf16")
+    lora_layers = [m for m in policy.modules() if hasattr(m, "lora_A")]
+    assert len(lora_layers) >= 7 and all(isinstance(m.cast_input_dtype_enabled, _CastUnlessAutocast) for m in lora_layers)
+    layer = lora_layers[0]
+    assert layer.base_layer.weight.dtype == torch.bfloat16 and layer.lora_A["default"].weight.dtype == torch.float32
+    for n, p in policy.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.02)  # the adapters change the output, and every one gets a gradient
+    ids = tok(["12+30=42", "7-9=-2"], return_tensors="pt", padding=True)
+    runs = {}
+    for switch in (_CastUnlessAutocast(), True):  # alignlab's, then peft's default (always cast)
+        for m in lora_layers:
+            m.cast_input_dtype_enabled = switch
+        saved = []
+        policy.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), \
+                torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            lp = get_response_log_probs(policy, ids["input_ids"][:, :-1], ids["input_ids"][:, 1:],
+                                        attention_mask=ids["attention_mask"][:, :-1])["log_probs"]
+        lp.sum().backward()
+        saved_bytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}.values())
+        runs[switch is True] = (lp.detach(), {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad},
+                                saved_bytes)
+    (lp_skip, g_skip, b_skip), (lp_cast, g_cast, b_cast) = runs[False], runs[True]
+    assert torch.equal(lp_skip, lp_cast)
+    assert g_cast and all(torch.equal(g_skip[n], g) for n, g in g_cast.items())
+    assert b_skip < b_cast, (b_skip, b_cast)
+    # the switch reads the autocast state: cast outside autocast, skip inside
+    assert bool(_CastUnlessAutocast())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not bool(_CastUnlessAutocast())
+    layer.cast_input_dtype_enabled = _CastUnlessAutocast()
+    x = torch.randn(2, layer.in_features, dtype=torch.bfloat16)
+    assert layer(x).dtype == torch.bfloat16  # no autocast: peft casts to fp32 for the adapter, then back
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(qwen_dir):
     from alignlab.logprobs import get_response_log_probs
 

@@ -149,7 +149,9 @@ class Tape:
             out = self.dense(x, d_in, d_out, c.weight_dtype, c.full, term)
         if name not in c.lora_targets:
             return out
-        xl = self.cast(x, c.lora_dtype)  # peft _cast_input_dtype(x, lora_A.weight.dtype)
+        # peft's _cast_input_dtype(x, lora_A.weight.dtype), which alignlab skips under autocast
+        # (models.skip_lora_input_cast_under_autocast): lora_A then reads, and saves, x itself
+        xl = x if c.autocast is not None else self.cast(x, c.lora_dtype)
         d = self.dropout(xl, c.lora_dropout, "LoRA dropout masks")
         a = self.dense(d, d_in, c.lora_r, c.lora_dtype, True, "LoRA inputs (x into lora_A)", "autocast LoRA copies")
         b = self.dense(a, c.lora_r, d_out, c.lora_dtype, True, "LoRA rank-r activations", "autocast LoRA copies")

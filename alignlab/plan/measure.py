@@ -90,6 +90,9 @@ def build_model(arch: Arch, setup: Setup, device: torch.device, seed: int = 0):
         model = get_peft_model(model, LoraConfig(
             r=setup.lora_r, lora_alpha=setup.lora_alpha, lora_dropout=setup.lora_dropout,
             target_modules=list(setup.lora_targets), task_type="CAUSAL_LM"))
+        from alignlab.models import skip_lora_input_cast_under_autocast
+
+        skip_lora_input_cast_under_autocast(model)  # as alignlab's loops train it
         if setup.grad_ckpt:
             model.enable_input_require_grads()
     model.train()
