@@ -300,9 +300,10 @@ def packed_response_log_probs(model, input_ids: torch.Tensor, labels: torch.Tens
 def batch_log_probs(model, batch: dict, packed: bool = False, **kw) -> dict[str, torch.Tensor]:
     """`get_response_log_probs` of a right-padded batch dict (input_ids, labels, attention_mask), padded or,
     with `packed`, padding-free (`packed_response_log_probs`); the same (B, T) results either way."""
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     if packed:
-        return packed_response_log_probs(model, batch["input_ids"], batch["labels"], batch["attention_mask"], **kw)
-    return get_response_log_probs(model, batch["input_ids"], batch["labels"], attention_mask=batch["attention_mask"], **kw)
+        return packed_response_log_probs(model, ids, labels, mask, **kw)
+    return get_response_log_probs(model, ids, labels, attention_mask=mask, **kw)
 
 
 def naive_response_log_probs(model, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:
