@@ -197,10 +197,11 @@ class TrainingConfig(Strict):
     """`training:` of every algorithm: how many steps, the micro-batch, and the run's bookkeeping
     (precision, evaluate, save, log, resume, hooks, watchdog). Steps are the loop's own: optimizer
     steps (SFT, DPO, RM), rollout steps (GRPO, PPO) or rounds (EI); eval/save/log counts are in them.
-    PPO uses it as it is; SFT, EI, GRPO and DPO/RM subclass it where they differ."""
+    Each loop subclasses it where it differs (SFT, EI, GRPO, PPO, DPO/RM)."""
 
-    # Does the loop read max_tokens_per_micro_batch? Only loops whose micro-batches come from
-    # data.micro_batches (SFT, EI) can cap their tokens; elsewhere the key is refused, not ignored.
+    # Does the loop read max_tokens_per_micro_batch? Loops whose micro-batches come from
+    # data.micro_batches (SFT, EI) or data.budget_micro_batches (DPO, GRPO, PPO) can cap their tokens;
+    # elsewhere (RM) the key is refused, not ignored.
     TOKEN_CAP: ClassVar[bool] = False
 
     total_steps: int = Field(50, gt=0, description="the loop's steps (GRPO, PPO: rollout steps)")
@@ -209,7 +210,7 @@ class TrainingConfig(Strict):
         "rejected go through one forward). Only memory and speed depend on it: the step's normaliser is fixed "
         "before its micro-batches"))
     max_tokens_per_micro_batch: int | None = Field(None, gt=0, description=(
-        "SFT, EI, DPO and GRPO: also cap each micro-batch's tokens (rows x longest; packed: the sum of lengths), so "
+        "SFT, EI, DPO, GRPO and PPO: also cap each micro-batch's tokens (rows x longest; packed: the sum of lengths), so "
         "short examples share big micro-batches and long ones get small ones; null: training.micro_batch alone"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     eval_every: int = Field(0, ge=0, description="evaluate every N steps; 0: only at the end")
@@ -227,8 +228,8 @@ class TrainingConfig(Strict):
     @model_validator(mode="after")
     def _token_cap(self) -> "TrainingConfig":
         if self.max_tokens_per_micro_batch is not None and not self.TOKEN_CAP:
-            raise ValueError("max_tokens_per_micro_batch is read by sft, ei, dpo and grpo only; this loop cuts its micro-batches "
-                             "by rows: remove it and size them with training.micro_batch")
+            raise ValueError("max_tokens_per_micro_batch is read by sft, ei, dpo, grpo and ppo only; this loop cuts its "
+                             "micro-batches by rows: remove it and size them with training.micro_batch")
         return self
 
 
@@ -703,6 +704,10 @@ class PPOSection(Strict):
                                     "(a local folder or tiny:<arch>); null: model.path. Must share the policy's tokenizer")
     critic_lr: float | None = Field(None, gt=0, description="lr of the value head and critic trunk / value adapter; "
                                     "null: optim.lr (one schedule scales both)")
+    packing: bool = Field(False, description=(
+        "run every PPO pass padding-free (old log-probs and values, reference, training micro-batches; the policy's "
+        "and every critic's forward): sequences packed into rows no wider than the batch's longest, with position_ids "
+        "restarting per sequence (logprobs.Packing); the same log-probs and values"))
 
     @model_validator(mode="after")
     def _batch_arithmetic(self) -> "PPOSection":
@@ -712,6 +717,12 @@ class PPOSection(Strict):
         return self
 
 
+class PPOTrainingConfig(TrainingConfig):
+    """PPO's `training:`: the shared one, and a minibatch's micro-batches can also be capped in tokens."""
+
+    TOKEN_CAP: ClassVar[bool] = True
+
+
 class PPOConfig(LowRankRun):
     name: str = "ppo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
@@ -719,7 +730,7 @@ class PPOConfig(LowRankRun):
     reward: RewardSection = Field(default_factory=RewardSection)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ppo: PPOSection = Field(default_factory=PPOSection)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    training: PPOTrainingConfig = Field(default_factory=PPOTrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="before")

@@ -24,16 +24,22 @@ import torch
 
 from . import checkpoint, models, optim
 from .config import ConfigError, PPOConfig
-from .logprobs import get_response_log_probs
+from .logprobs import Packing, batch_log_probs
 
 VALUE_ADAPTER = "value"  # lora_adapters: the critic's adapter; the policy's is peft's "default"
 CRITIC_DIR = "critic"  # separate: the critic's model or adapter folder inside checkpoints/step_N/
 
 
-def trunk_hidden(model, mb) -> torch.Tensor:
+def trunk_hidden(model, mb, packed: bool = False) -> torch.Tensor:
     """(B, T, H) final hidden states of a causal LM's decoder; the LM head is skipped (a value needs
-    no logits). Positions count real tokens only, as in `logprobs`, so padding cannot move a value."""
+    no logits). Positions count real tokens only, as in `logprobs`, so padding cannot move a value.
+    `packed` (ppo.packing): the right-padded rows run padding-free (`logprobs.Packing`, as the policy's
+    log-probs do), their states put back at their (B, T) places, zeros on padding."""
     base = model.get_base_model() if models.is_peft(model) else model
+    if packed:
+        p = Packing(mb["attention_mask"])
+        return p.unpack(base.get_decoder()(input_ids=p.pack(mb["input_ids"]), position_ids=p.position_ids,
+                                           use_cache=False).last_hidden_state)
     position_ids = (mb["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return base.get_decoder()(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=position_ids,
                               use_cache=False).last_hidden_state
@@ -77,7 +83,7 @@ class SharedCritic:
     def saved_in(ckpt: Path) -> bool:
         return True  # the fallback when no other critic's folder is there
 
-    def values(self, mb, policy_hidden) -> torch.Tensor:
+    def values(self, mb, policy_hidden, packed: bool = False) -> torch.Tensor:
         return self.head(policy_hidden).squeeze(-1).float()
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -118,8 +124,8 @@ class SeparateCritic(SharedCritic):
     def saved_in(ckpt: Path) -> bool:
         return (ckpt / CRITIC_DIR).is_dir()
 
-    def values(self, mb, policy_hidden) -> torch.Tensor:
-        return self.head(trunk_hidden(self.model, mb)).squeeze(-1).float()
+    def values(self, mb, policy_hidden, packed: bool = False) -> torch.Tensor:
+        return self.head(trunk_hidden(self.model, mb, packed)).squeeze(-1).float()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad] + list(self.head.parameters())
@@ -152,9 +158,9 @@ class AdapterCritic(SharedCritic):
     def saved_in(ckpt: Path) -> bool:
         return (ckpt / VALUE_ADAPTER / "adapter_config.json").is_file()
 
-    def values(self, mb, policy_hidden) -> torch.Tensor:
+    def values(self, mb, policy_hidden, packed: bool = False) -> torch.Tensor:
         with active_adapter(self.model, VALUE_ADAPTER):
-            return self.head(trunk_hidden(self.model, mb)).squeeze(-1).float()
+            return self.head(trunk_hidden(self.model, mb, packed)).squeeze(-1).float()
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if is_value_adapter(n)] + list(self.head.parameters())
@@ -213,19 +219,21 @@ def build_optimizer(policy, critic: SharedCritic, cfg: PPOConfig, total_updates:
     return (trainable, *optim.build(None, o, total_updates, groups=groups))
 
 
-def forward(policy, critic: SharedCritic, mb, temperature, prec, device, entropy: bool, entropy_grad: bool = True):
-    """-> (log-prob outputs, values (B, T): the value of the state before label t)."""
+def forward(policy, critic: SharedCritic, mb, temperature, prec, device, entropy: bool, entropy_grad: bool = True,
+            packed: bool = False):
+    """-> (log-prob outputs, values (B, T): the value of the state before label t). `packed` (ppo.packing):
+    the policy's and the critic's forwards run padding-free; the same values at every real token."""
     with prec.autocast_ctx(device):
-        out = get_response_log_probs(policy, mb["input_ids"], mb["labels"], attention_mask=mb["attention_mask"],
-                                     temperature=temperature, return_token_entropy=entropy,
-                                     return_hidden=type(critic) is SharedCritic, entropy_grad=entropy_grad)
-        values = critic.values(mb, out.get("hidden"))
+        out = batch_log_probs(policy, mb, packed, temperature=temperature, return_token_entropy=entropy,
+                              return_hidden=type(critic) is SharedCritic, entropy_grad=entropy_grad)
+        values = critic.values(mb, out.get("hidden"), packed)
     return out, values
 
 
-def reference_logps(policy, reference, batch, temperature: float, critic: SharedCritic) -> torch.Tensor:
+def reference_logps(policy, reference, batch, temperature: float, critic: SharedCritic, packed: bool = False
+                    ) -> torch.Tensor:
     """models.reference_logps, then the critic's adapters trainable again (lora_adapters)."""
-    logps = models.reference_logps(policy, reference, batch, temperature)
+    logps = models.reference_logps(policy, reference, batch, temperature, packed)
     if reference is None:
         critic.after_reference()
     return logps

@@ -294,7 +294,7 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
 def first_fit_decreasing(lengths: list[int], cap: int) -> list[list[int]]:
     """Bin packing of sequence lengths into rows of at most `cap` tokens: longest first (ties in index
     order), each into the first row it fits; a length over `cap` gets a row of its own. -> the indices
-    in each row. The one packer behind `collate_packed` and `logprobs.packed_response_log_probs`."""
+    in each row. The one packer behind `collate_packed` and `logprobs.Packing`."""
     rows: list[list[int]] = []
     fill: list[int] = []
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):

@@ -237,44 +237,64 @@ def get_response_log_probs(
     return result
 
 
+class Packing:
+    """Where the real tokens of a right-padded (B, T) batch go when packed padding-free: each row's real
+    tokens (attention_mask == 1, a prefix of the row) are placed (`data.first_fit_decreasing`) into rows of at
+    most `pack_len` tokens (default: the batch's width, so a packed row attends over no more than a
+    padded one), with position_ids (R, W) restarting per sequence (transformers masks attention
+    block-diagonally; flash_attention_2 runs variable-length kernels). `pack` moves a (B, T, ...) tensor
+    into the (R, W, ...) rows, `unpack` moves results back, zeros on padding; gradients flow through both."""
+
+    def __init__(self, attention_mask: torch.Tensor, pack_len: int | None = None):
+        B, T = attention_mask.shape
+        lengths = attention_mask.sum(-1).tolist()
+        rows = first_fit_decreasing(lengths, pack_len or T)
+        width = max(sum(lengths[b] for b in row) for row in rows)
+        src_b, src_t, dst_r, dst_t = [], [], [], []
+        pos = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, members in enumerate(rows):
+            at = 0
+            for b in members:
+                n = lengths[b]
+                src_b += [b] * n
+                src_t += range(n)
+                dst_r += [r] * n
+                dst_t += range(at, at + n)
+                pos[r, at : at + n] = torch.arange(n)
+                at += n
+            pos[r, at:] = torch.arange(width - at)  # the padding tail: a segment of its own, scattered nowhere
+        dev = attention_mask.device
+        self.padded, self.packed = (B, T), (len(rows), width)
+        self.src = (torch.tensor(src_b, device=dev, dtype=torch.long), torch.tensor(src_t, device=dev, dtype=torch.long))
+        self.dst = (torch.tensor(dst_r, device=dev, dtype=torch.long), torch.tensor(dst_t, device=dev, dtype=torch.long))
+        self.position_ids = pos.to(dev)  # (R, W)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (R, W, ...), zeros after each row's last sequence."""
+        return x.new_zeros(*self.packed, *x.shape[2:]).index_put(self.dst, x[self.src])
+
+    def unpack(self, y: torch.Tensor) -> torch.Tensor:
+        """(R, W, ...) -> (B, T, ...), zeros on padding."""
+        return y.new_zeros(*self.padded, *y.shape[2:]).index_put(self.src, y[self.dst])
+
+
 def packed_response_log_probs(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
                               pack_len: int | None = None, **kw) -> dict[str, torch.Tensor]:
-    """`get_response_log_probs` of a right-padded batch without computing its padding: each row's real
-    tokens (attention_mask == 1, a prefix of the row) are packed (`data.first_fit_decreasing`) into rows of at most
-    `pack_len` tokens (default: the batch's width, so a packed row attends over no more than a padded
-    one), with position_ids restarting per sequence (transformers masks attention block-diagonally;
-    flash_attention_2 runs variable-length kernels). The results are put back at their (B, T) places,
-    zeros on padding, so every caller's masks and losses stay as they are; gradients flow through."""
-    B, T = input_ids.shape
-    lengths = attention_mask.sum(-1).tolist()
-    rows = first_fit_decreasing(lengths, pack_len or T)
-    width = max(sum(lengths[b] for b in row) for row in rows)
-    dev = input_ids.device
-    src_b, src_t, dst_r, dst_t = [], [], [], []
-    pos = torch.zeros(len(rows), width, dtype=torch.long)
-    for r, members in enumerate(rows):
-        at = 0
-        for b in members:
-            n = lengths[b]
-            src_b += [b] * n
-            src_t += range(n)
-            dst_r += [r] * n
-            dst_t += range(at, at + n)
-            pos[r, at : at + n] = torch.arange(n)
-            at += n
-        pos[r, at:] = torch.arange(width - at)  # the padding tail: a segment of its own, scattered nowhere
-    src = (torch.tensor(src_b, device=dev), torch.tensor(src_t, device=dev))
-    dst = (torch.tensor(dst_r, device=dev), torch.tensor(dst_t, device=dev))
-    ids = input_ids.new_zeros(len(rows), width).index_put(dst, input_ids[src])
-    lab = labels.new_zeros(len(rows), width).index_put(dst, labels[src])
-    out = get_response_log_probs(model, ids, lab, position_ids=pos.to(dev), **kw)
-    back = {}
-    for k, v in out.items():
-        if k == "hidden":
-            back[k] = v.new_zeros(B, T, v.shape[-1]).index_put(src, v[dst])
-        else:
-            back[k] = v.new_zeros(B, T).index_put(src, v[dst])
-    return back
+    """`get_response_log_probs` of a right-padded batch without computing its padding (`Packing`): the
+    results (hidden states too, with return_hidden) are put back at their (B, T) places, zeros on padding,
+    so every caller's masks and losses stay as they are; gradients flow through."""
+    p = Packing(attention_mask, pack_len)
+    out = get_response_log_probs(model, p.pack(input_ids), p.pack(labels), position_ids=p.position_ids, **kw)
+    return {k: p.unpack(v) for k, v in out.items()}
+
+
+def batch_log_probs(model, batch: dict, packed: bool = False, **kw) -> dict[str, torch.Tensor]:
+    """`get_response_log_probs` of a right-padded batch dict (input_ids, labels, attention_mask), padded or,
+    with `packed`, padding-free (`packed_response_log_probs`); the same (B, T) results either way."""
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
+    if packed:
+        return packed_response_log_probs(model, ids, labels, mask, **kw)
+    return get_response_log_probs(model, ids, labels, attention_mask=mask, **kw)
 
 
 def naive_response_log_probs(model, input_ids, labels, attention_mask=None, position_ids=None) -> torch.Tensor:

@@ -409,16 +409,16 @@ def reference_mode(model):
         yield model
 
 
-def reference_logps(policy, reference, batch: dict, temperature: float = 1.0) -> torch.Tensor:
+def reference_logps(policy, reference, batch: dict, temperature: float = 1.0, packed: bool = False) -> torch.Tensor:
     """(B, T) log-probs of batch["labels"] under the reference policy: the frozen copy when there is
-    one (full fine-tuning), else the LoRA policy with its adapters disabled."""
-    from .logprobs import get_response_log_probs
+    one (full fine-tuning), else the LoRA policy with its adapters disabled. `packed`: padding-free
+    (logprobs.packed_response_log_probs), the same values."""
+    from .logprobs import batch_log_probs
 
-    fwd = dict(attention_mask=batch["attention_mask"], temperature=temperature)
     if reference is not None:
-        return get_response_log_probs(reference, batch["input_ids"], batch["labels"], **fwd)["log_probs"]
+        return batch_log_probs(reference, batch, packed, temperature=temperature)["log_probs"]
     with reference_mode(policy):
-        return get_response_log_probs(policy, batch["input_ids"], batch["labels"], **fwd)["log_probs"]
+        return batch_log_probs(policy, batch, packed, temperature=temperature)["log_probs"]
 
 
 def load_frozen_reference(model_cfg: ModelConfig, precision: str = "auto"):

@@ -118,10 +118,10 @@ def test_every_loop_sizes_micro_batches_under_one_key_and_refuses_a_token_cap_it
     else:  # DPO and RM score held-out pairs and generate nothing
         assert schema in ("DPOConfig", "RMConfig")
     cap = ["training.max_tokens_per_micro_batch=64"]
-    if schema in ("SFTConfig", "EIConfig", "DPOConfig", "GRPOConfig"):  # data.micro_batches / budget_micro_batches
+    if schema != "RMConfig":  # data.micro_batches / budget_micro_batches
         assert load_config(cls, packaged, cap).training.max_tokens_per_micro_batch == 64
     else:
-        with pytest.raises(ConfigError, match="max_tokens_per_micro_batch is read by sft, ei, dpo and grpo only"):
+        with pytest.raises(ConfigError, match="max_tokens_per_micro_batch is read by sft, ei, dpo, grpo and ppo only"):
             load_config(cls, packaged, cap)
 
 

@@ -32,7 +32,7 @@ from .. import advantages as A
 from .. import checkpoint, data, distributed, losses, models, optim, rollout, tasks, tracking
 from ..config import GRPOConfig
 from ..lora import actions as lora_actions
-from ..logprobs import get_response_log_probs, packed_response_log_probs
+from ..logprobs import batch_log_probs
 
 
 def _no_baseline(logps, mb, rl):
@@ -121,11 +121,7 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
     n_seqs = rl.prompts_per_step * rl.group_size  # the whole step's, over all ranks
 
     def log_probs(model, mb, **kw):  # per-token log-probs (B, T); rl.packing: computed without the padding
-        if rl.packing:
-            return packed_response_log_probs(model, mb["input_ids"], mb["labels"], mb["attention_mask"],
-                                             temperature=cfg.sampling.temperature, **kw)
-        return get_response_log_probs(model, mb["input_ids"], mb["labels"],
-                                      attention_mask=mb["attention_mask"], temperature=cfg.sampling.temperature, **kw)
+        return batch_log_probs(model, mb, rl.packing, temperature=cfg.sampling.temperature, **kw)
 
     with run.progress(t.total_steps, start, cfg.name, every=t.log_every):
         for step in range(start, t.total_steps):

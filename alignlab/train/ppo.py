@@ -12,7 +12,10 @@ Each rollout step:
 4. Run `num_ppo_epochs` passes over shuffled minibatches, one optimizer step each:
    clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, each a token mean
    over the minibatch. A minibatch runs in micro-batches of `training.micro_batch` sequences (default:
-   the whole minibatch); its token count is fixed first, so only memory depends on the micro-batch.
+   the whole minibatch), also capped at `training.max_tokens_per_micro_batch` tokens when set (its
+   sequences sorted by length); its token count is fixed first, so only memory depends on the
+   micro-batch. `ppo.packing` runs every forward (old log-probs and values, reference, training)
+   padding-free, the policy's and the critic's (logprobs.Packing), with the same results.
    A rollout's remaining epochs are skipped when the approximate KL exceeds `early_stop_kl`.
 5. Update kl_coef: fixed, or the adaptive controller towards `kl_target` (nats per sequence).
 
@@ -35,7 +38,7 @@ from pathlib import Path
 import torch
 
 from .. import advantages as A
-from .. import checkpoint, critics, distributed, losses, models, optim, rollout, tasks, tracking
+from .. import checkpoint, critics, data, distributed, losses, models, optim, rollout, tasks, tracking
 from ..config import PPOConfig
 from ..lora import actions as lora_actions
 from ..rewards.scorer import build_scorer
@@ -82,9 +85,10 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
             batch = {k: v.to(device) for k, v in ro.tensors(tok.pad_token_id).items()}
             mask = batch["response_mask"]
             with torch.no_grad():  # old log-probs and values, reference log-probs
-                out, old_values = critics.forward(policy, critic, batch, s.temperature, prec, device, entropy=False)
+                out, old_values = critics.forward(policy, critic, batch, s.temperature, prec, device, entropy=False,
+                                                  packed=p.packing)
                 old_logps = out["log_probs"]
-                ref_logps = (critics.reference_logps(policy, reference, batch, s.temperature, critic)
+                ref_logps = (critics.reference_logps(policy, reference, batch, s.temperature, critic, p.packing)
                              if p.kl_coef > 0 else old_logps)
             kl_tok = losses.kl_estimate(old_logps, ref_logps, p.kl_estimator) * mask  # (B, T)
             rewards_tok = -kl_coef * kl_tok
@@ -96,6 +100,7 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
             agg = {"loss/policy": 0.0, "value/loss": 0.0, "entropy/mean": 0.0, "ppo/approx_kl": 0.0, "clip/frac": 0.0,
                    "value/clip_frac": 0.0}
             n_mb, epochs_run = 0, 0
+            lengths = batch["attention_mask"].sum(-1).tolist()  # each sequence's tokens: what a token budget counts
             n_local, mb_local = len(examples), p.minibatch_seqs // dist.world  # each minibatch: an equal share per rank
             for epoch in range(p.num_ppo_epochs):
                 g = torch.Generator().manual_seed(dist.local_key(cfg.seed * 1_000_003 + step * 101 + epoch))
@@ -106,21 +111,27 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                     # the minibatch's tokens on every rank, fixed before its micro-batches
                     n_tok = max(dist.sum(int(mask[torch.tensor(rows, device=device)].sum())), 1)
                     step_loss, step_ent = 0.0, 0.0
-                    for j in range(0, mb_local, t.micro_batch):  # every term is a sum / n_tok: they add up
-                        idx = torch.tensor(rows[j : j + t.micro_batch], device=device)
-                        mb = {k: v[idx] for k, v in batch.items()}
-                        m = mask[idx]
+                    if t.max_tokens_per_micro_batch:  # by length, so short sequences share a micro-batch
+                        rows = sorted(rows, key=lambda r: lengths[r])
+                    for part in data.budget_micro_batches(rows, [(lengths[r],) for r in rows], t.micro_batch,
+                                                          t.max_tokens_per_micro_batch, p.packing):
+                        # every term is a sum / n_tok: they add up. Columns past the micro-batch's longest
+                        # sequence are padding (right-padded rows): cut, so a padded budget is what runs
+                        idx, w = torch.tensor(part, device=device), max(lengths[r] for r in part)
+                        cut = lambda x: x[idx, :w]  # noqa: E731
+                        mb = {k: cut(v) for k, v in batch.items()}
+                        m = cut(mask)
                         out, values = critics.forward(policy, critic, mb, s.temperature, prec, device, entropy=True,
-                                                      entropy_grad=p.entropy_coef > 0)
-                        pg, meta = losses.pg_clip_asymmetric(adv[idx], out["log_probs"], old_logps[idx], p.clip, p.clip)
+                                                      entropy_grad=p.entropy_coef > 0, packed=p.packing)
+                        pg, meta = losses.pg_clip_asymmetric(cut(adv), out["log_probs"], cut(old_logps), p.clip, p.clip)
                         pg_loss = losses.masked_normalize(pg, m, normalize_constant=n_tok)
-                        vf_loss, vstats = losses.value_loss_clipped(values, old_values[idx], returns[idx], m, p.value_clip,
-                                                                    n_tok)
+                        vf_loss, vstats = losses.value_loss_clipped(values, cut(old_values), cut(returns), m,
+                                                                    p.value_clip, n_tok)
                         ent = losses.masked_normalize(out["token_entropy"], m, normalize_constant=n_tok)
                         loss = pg_loss + p.vf_coef * vf_loss - p.entropy_coef * ent
                         critic.backward(pg_loss - p.entropy_coef * ent, p.vf_coef * vf_loss, scaler)
                         step_loss, step_ent = step_loss + loss.item(), step_ent + ent.item()
-                        approx_kl = losses.masked_normalize(losses.kl_estimate(old_logps[idx], out["log_probs"].detach(),
+                        approx_kl = losses.masked_normalize(losses.kl_estimate(cut(old_logps), out["log_probs"].detach(),
                                                                                "k3"), m, normalize_constant=n_tok).item()
                         epoch_kl += approx_kl
                         for k, v in (("loss/policy", pg_loss.item()), ("value/loss", vf_loss.item()),
