@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models of every architecture, built once per session, offline."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -74,3 +75,16 @@ class StopAt:
     def on_save(self, ctx, step, path):
         if step == self.step:
             raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="session")
+def ragged_questions(tmp_path_factory):
+    """Math questions (GSM8K style), four short and four long, so short sequences share a packed row (the
+    arithmetic task's prompts are all about as long, so a packer that misplaces positions goes unnoticed)."""
+    p = tmp_path_factory.mktemp("ragged") / "q.jsonl"
+    long = "A farmer has {a} sheep and buys {b} more at the market, then sells half of all of them; how many are left?"
+    rows = [{"question": f"{a}+{b}?", "answer": f"#### {a + b}"} for a, b in ((1, 2), (3, 4), (5, 6), (7, 8))]
+    rows += [{"question": long.format(a=a, b=b), "answer": f"#### {(a + b) // 2}"}
+             for a, b in ((2, 4), (6, 8), (10, 2), (1, 3))]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p

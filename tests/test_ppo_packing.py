@@ -1,7 +1,5 @@
 """PPO padding-free (`ppo.packing`) and token-budgeted micro-batches (`training.max_tokens_per_micro_batch`):
 the same log-probs, values and gradients as the padded forward for every critic, and the same update."""
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -11,18 +9,6 @@ from alignlab.config import PPOConfig, load_config
 
 CRITIC_RUNS = {"shared": {}, "separate": {"ppo.critic": "separate"},
                "lora_adapters": {"ppo.critic": "lora_adapters", "lora.enabled": "true", "lora.r": 4}}
-
-
-@pytest.fixture(scope="module")
-def questions(tmp_path_factory):
-    """Math questions (GSM8K style), four short and four long, so short sequences share a packed row."""
-    p = tmp_path_factory.mktemp("ragged") / "q.jsonl"
-    long = "A farmer has {a} sheep and buys {b} more at the market, then sells half of all of them; how many are left?"
-    rows = [{"question": f"{a}+{b}?", "answer": f"#### {a + b}"} for a, b in ((1, 2), (3, 4), (5, 6), (7, 8))]
-    rows += [{"question": long.format(a=a, b=b), "answer": f"#### {(a + b) // 2}"}
-             for a, b in ((2, 4), (6, 8), (10, 2), (1, 3))]
-    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return p
 
 
 def ppo_args(tmp_path, model, name, **extra):
@@ -153,11 +139,11 @@ CASES = [("shared", r) for r in RUNS] + [("separate", "packed"), ("lora_adapters
 
 
 @pytest.mark.parametrize("critic,run", CASES)
-def test_ppo_packing_and_token_budget_change_memory_not_the_update(tmp_path, qwen_dir, questions, critic, run, spy):
+def test_ppo_packing_and_token_budget_change_memory_not_the_update(tmp_path, qwen_dir, ragged_questions, critic, run, spy):
     """Same rollouts (same seed, same start): the first rollout step's metrics and the weights (policy, critic,
     value head) after its two optimizer steps (2 epochs of one minibatch) match the padded run's, whose
     minibatch runs as 2 micro-batches of 4 sequences."""
-    data = {"task.train": questions, "task.eval": questions}
+    data = {"task.train": ragged_questions, "task.eval": ragged_questions}
     assert cli.main(ppo_args(tmp_path, qwen_dir, "plain", **data, **CRITIC_RUNS[critic])) == 0
     assert spy["packings"] == 0 and len(spy["parts"]) == 2 and all(len(mbs) == 2 for mbs in spy["parts"])
     spy["parts"].clear()

@@ -196,15 +196,44 @@ def test_grpo_off_policy_epochs_clip_and_kl_with_lora_reference(tmp_path, qwen_d
     assert any(r["clip/frac_last_epoch"] > 0 for r in train)
 
 
-def test_grpo_packing_and_token_budget_change_memory_not_the_update(tmp_path, qwen_dir):
-    """rl.packing and training.max_tokens_per_micro_batch regroup and unpad the training passes; the
-    first step's loss and gradient norm (same rollouts: same seed, same starting policy) stay the same."""
-    first = {}
-    for name, extra in (("plain", {}), ("packed", {"rl.packing": "true", "training.max_tokens_per_micro_batch": 40})):
-        assert cli.main(grpo_args(tmp_path, qwen_dir, name, **{"training.total_steps": 1, **extra})) == 0
+@pytest.mark.parametrize("broken", [False, True], ids=["restart", "broken_positions"])
+def test_grpo_packing_and_token_budget_change_memory_not_the_update(tmp_path, qwen_dir, ragged_questions, broken,
+                                                                   monkeypatch):
+    """rl.packing and training.max_tokens_per_micro_batch regroup and unpad the training passes (and the
+    KL reference's); the first step's loss, gradient norm and metrics (same rollouts: same seed, same
+    starting policy) stay the same. Math questions of very different lengths, so packed rows really hold
+    several sequences; with position_ids that run on across a row instead of restarting, they differ.
+    Random weights earn no reward: the entropy bonus gives the step its gradient."""
+    from alignlab import logprobs
+
+    kw = {"training.total_steps": 1, "task.name": "math", "task.prompt": "question_only", "task.train": ragged_questions,
+          "task.eval": ragged_questions, "rl.prompts_per_step": 8, "rl.group_size": 2, "training.micro_batch": 16,
+          "rl.kl_coef": 0.1, "rl.entropy_coef": 0.05, "sampling.max_new_tokens": 6}
+    shared = []
+    init = logprobs.Packing.__init__
+
+    def counting(self, *a, **k):
+        init(self, *a, **k)
+        if broken:  # position ids that run on across the packed row
+            self.position_ids = torch.arange(self.packed[1]).expand(self.packed).clone()
+        shared.append(self.packed[0] < self.padded[0])
+
+    monkeypatch.setattr(logprobs.Packing, "__init__", counting)
+    first, packings = {}, {}
+    for name, extra in (("plain", {}), ("packed", {"rl.packing": "true"}),
+                        ("capped", {"rl.packing": "true", "training.max_tokens_per_micro_batch": 120})):
+        shared.clear()
+        assert cli.main(grpo_args(tmp_path, qwen_dir, name, **kw, **extra)) == 0
         first[name] = next(r for r in tracking.read_metrics(tmp_path / name) if "reward/mean" in r)
-    for k in ("loss/policy", "grad/norm", "reward/mean", "entropy/mean"):
-        assert first["packed"][k] == pytest.approx(first["plain"][k], abs=1e-5), k
+        packings[name] = list(shared)
+    # one micro-batch: the reference pass and the training pass, each packed with rows holding several sequences;
+    # the cap cuts the step into more (sorted by length, so those rows rarely share)
+    assert packings["plain"] == [] and packings["packed"] == [True, True] and len(packings["capped"]) > 2
+    assert first["plain"]["grad/norm"] > 0 and first["plain"]["entropy/mean"] > 0
+    for name in ("packed",) if broken else ("packed", "capped"):  # (capped rows hold one sequence each)
+        same = [first[name][k] == pytest.approx(first["plain"][k], abs=1e-5, rel=1e-5)
+                for k in ("loss/policy", "grad/norm", "entropy/mean", "kl/ref", "reward/mean")]
+        assert all(same) != broken, (name, first[name], first["plain"])
 
 
 def test_grpo_full_finetune_kl_uses_a_frozen_reference(tmp_path, qwen_dir):

@@ -139,7 +139,10 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             n_local = len(rewards)  # this rank's sequences (all of them with one process)
             lengths = batch["attention_mask"].sum(-1).tolist()
             order = sorted(range(n_local), key=lambda i: lengths[i]) if t.max_tokens_per_micro_batch else range(n_local)
-            mbs = [{k: v[idx].to(device) for k, v in batch.items()} for idx in data.budget_micro_batches(
+            # Columns past a micro-batch's longest sequence are padding (right-padded rows): cut, so a padded
+            # token budget (rows x longest) is what actually runs
+            mbs = [{k: (v[idx, : max(lengths[i] for i in idx)] if v.dim() == 2 else v[idx]).to(device)
+                    for k, v in batch.items()} for idx in data.budget_micro_batches(
                 list(order), [(lengths[i],) for i in order], t.micro_batch, t.max_tokens_per_micro_batch, rl.packing)]
             # Old log-probs need their own pass only when later epochs go off-policy; on-policy, the
             # sampling policy is the policy of the training forward itself (ratio == 1 by construction).
@@ -150,7 +153,8 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
                         if off_policy:  # same micro-batches as training, so epoch 0 is exactly on-policy
                             mb["old_logps"] = log_probs(policy, mb)["log_probs"]
                         if rl.kl_coef > 0:  # the frozen copy, or the LoRA policy with adapters off
-                            mb["ref_logps"] = models.reference_logps(policy, reference, mb, cfg.sampling.temperature)
+                            mb["ref_logps"] = models.reference_logps(policy, reference, mb, cfg.sampling.temperature,
+                                                                     packed=rl.packing)
             mask_all = batch["response_mask"]
             n_tokens = dist.sum(int(mask_all.sum()))  # response tokens of the whole step
             stats: dict[str, float] = {}
