@@ -41,6 +41,10 @@ class ModelConfig(Strict):
     kernels: Literal["torch", "liger"] = Field("torch", description=(
         "torch: the model's own PyTorch modules (every device); liger: Liger's Triton kernels for RMSNorm, "
         "SwiGLU/GeGLU and RoPE on CUDA (pip install liger-kernel; the log-prob head stays alignlab's fused one)"))
+    compile: bool = Field(False, description=(
+        "run the decoder of every log-prob forward (training, old-policy and reference passes) through "
+        "torch.compile with dynamic shapes: fused elementwise kernels, one graph for every batch shape; the "
+        "first step pays the compilation. Generation keeps its own decode loop"))
     trust_remote_code: bool = False
 
 
@@ -104,6 +108,14 @@ class RunBase(Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
+
+    @model_validator(mode="after")
+    def _compile(self) -> "RunBase":
+        if self.model.compile and self.parallel.strategy == "fsdp2":
+            raise ValueError("model.compile=true is not supported with parallel.strategy=fsdp2 (fully_shard's "
+                             "per-layer hooks are not tested under torch.compile here); use parallel.strategy=ddp "
+                             "or model.compile=false")
+        return self
 
 
 class OptimConfig(Strict):
@@ -653,6 +665,9 @@ class RMConfig(RunBase):
         if self.data.packing:  # a scalar score per sequence is read at its last token: one sequence per row
             raise ValueError("data.packing=true is not supported by reward models (the score is read at each "
                              "sequence's last token, one sequence per row); remove data.packing")
+        if self.model.compile:  # its forward is the sequence-classification model's, not the log-prob decoder's
+            raise ValueError("model.compile=true applies to the log-prob forward of sft, ei, dpo, grpo and ppo; a "
+                             "reward model's scoring forward is not compiled: remove model.compile")
         _refuse_rollback(self.training.watchdog, "rm")
         return self
 

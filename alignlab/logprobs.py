@@ -7,6 +7,8 @@ activation checkpointing when gradients are needed).
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -179,6 +181,28 @@ def _decoder_and_head(model):
     return decoder, base.get_output_embeddings(), base.config
 
 
+# model.compile: the decoders whose log-prob forwards run compiled (a weak set: a freed model leaves it)
+_COMPILED_DECODERS: weakref.WeakSet = weakref.WeakSet()
+COMPILE_SHAPES = 32  # recompile limit while a compiled forward runs: grad and no-grad passes, with and without an
+# attention mask (packed rows have none), a sliding window shorter or longer than the batch, LoRA adapters on or
+# off each take their own graph; past torch's default limit (8) it would silently run eagerly
+
+
+def compile_decoder(model) -> None:
+    """`model.compile=true`: every later `get_response_log_probs` on `model` (training, old-policy and
+    reference passes) runs its decoder through `torch.compile` with dynamic batch and sequence sizes.
+    The model's modules are not replaced, so checkpoints and generation are unchanged."""
+    _COMPILED_DECODERS.add(_decoder_and_head(model)[0])
+
+
+def _decoder_hidden(decoder, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).last_hidden_state
+
+
+_decoder_hidden_compiled = torch.compile(_decoder_hidden, dynamic=True)
+
+
 def get_response_log_probs(
     model,
     input_ids: torch.Tensor,
@@ -203,8 +227,11 @@ def get_response_log_probs(
     if position_ids is None and attention_mask is not None:
         # Positions count real tokens only, so left and right padding give the same log-probs.
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    hidden = out.last_hidden_state  # (B, T, H)
+    if decoder in _COMPILED_DECODERS:
+        with torch._dynamo.config.patch(recompile_limit=COMPILE_SHAPES):
+            hidden = _decoder_hidden_compiled(decoder, input_ids, attention_mask, position_ids)  # (B, T, H)
+    else:
+        hidden = _decoder_hidden(decoder, input_ids, attention_mask, position_ids)  # (B, T, H)
     B, T, H = hidden.shape
     flat_h, flat_y = hidden.reshape(B * T, H), labels.reshape(B * T)
     transform = _final_logit_transform(config, temperature)

@@ -337,6 +337,10 @@ def load_policy(model_cfg: ModelConfig, lora_cfg: LoRAConfig, precision: str = "
         skip_lora_input_cast_under_autocast(model)
         if model_cfg.gradient_checkpointing:
             model.enable_input_require_grads()
+    if model_cfg.compile:
+        from .logprobs import compile_decoder
+
+        compile_decoder(model)
     # Training mode: from_pretrained returns eval mode, where transformers skips gradient checkpointing.
     # (RL loops disable dropout afterwards, so their forward stays deterministic.)
     model.train()

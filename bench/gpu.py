@@ -19,12 +19,14 @@ has exactly the stated length on both sides (no padding). Sampled ids above 511 
 
 Jobs (`--only`), each run in a fresh process, same model, data and batch for every side:
   sft_full   full SFT, Gemma-1B shape, seq 1024, batch 8, bf16 autocast over fp32 weights; alignlab
-             with its torch modules and with model.kernels=liger (Liger's RMSNorm/GeGLU/RoPE)
+             with its torch modules, with model.kernels=liger (Liger's RMSNorm/GeGLU/RoPE) and with
+             model.compile=true (the decoder under torch.compile; its compilation is in the warm-up steps)
   sft_lora   LoRA r=16 (alpha 32, no dropout, q,k,v,o,gate,up,down), same data, bf16 base
   qlora      alignlab QLoRA on the same: peak memory vs alignlab LoRA, and `alignlab plan`'s
              prediction for both (needs CUDA and bitsandbytes)
   dpo        sigmoid DPO, 0.5B shape, 8 pairs of 512-token sequences; alignlab with a precomputed
-             and a live (frozen copy) reference; TRL DPOTrainer with precompute_ref_log_probs
+             and a live (frozen copy) reference, and with model.compile=true; TRL DPOTrainer with
+             precompute_ref_log_probs
   grpo       GRPO, 0.5B shape, 8 prompts x 8 samples, 128 new tokens, HF backend; alignlab with
              sampling.hf_decode = generate, static and cuda_graphs; TRL GRPOTrainer (no Liger run:
              its kernels change TRL's loss, not the rollout that dominates the step)
@@ -474,6 +476,8 @@ def main() -> None:
             report(job, "alignlab + Liger kernels", {"not_run": why} if why else runner.run(
                 ALIGNLAB, {**spec, "name": job + "-alignlab-liger",
                            "overrides": (lora_ov if lora else []) + ["model.kernels=liger"]}))
+            report(job, "alignlab + compile", runner.run(ALIGNLAB, {**spec, "name": job + "-alignlab-compile",
+                                                                    "overrides": (lora_ov if lora else []) + ["model.compile=true"]}))
             for name, liger in (("TRL", False), ("TRL + Liger", True)):
                 why = baseline_reason(liger, device)
                 r = {"not_run": why} if why else runner.run(TRL_SFT, {**spec, "name": f"{job}-trl{'-liger' * liger}",
@@ -499,6 +503,9 @@ def main() -> None:
             report(job, "alignlab + Liger kernels (precomputed ref)", {"not_run": why} if why else runner.run(
                 ALIGNLAB, {**spec, "name": "dpo-alignlab-liger", "overrides": ["dpo.reference=precomputed",
                                                                                 "model.kernels=liger"]}))
+            report(job, "alignlab + compile (precomputed ref)", runner.run(
+                ALIGNLAB, {**spec, "name": "dpo-alignlab-compile", "overrides": ["dpo.reference=precomputed",
+                                                                                  "model.compile=true"]}))
             for name, liger in (("TRL", False), ("TRL + Liger", True)):
                 why = baseline_reason(liger, device)
                 report(job, name, {"not_run": why} if why else runner.run(
