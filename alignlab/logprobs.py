@@ -7,6 +7,7 @@ activation checkpointing when gradients are needed).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -200,7 +201,11 @@ def _decoder_hidden(decoder, input_ids, attention_mask, position_ids) -> torch.T
                    use_cache=False).last_hidden_state
 
 
-_decoder_hidden_compiled = torch.compile(_decoder_hidden, dynamic=True)
+@functools.cache
+def _decoder_hidden_compiled():
+    """Made on first use: importing torch.compile's machinery costs seconds and ~110 MiB of host memory,
+    which a run without model.compile should not pay."""
+    return torch.compile(_decoder_hidden, dynamic=True)
 
 
 def get_response_log_probs(
@@ -229,7 +234,7 @@ def get_response_log_probs(
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     if decoder in _COMPILED_DECODERS:
         with torch._dynamo.config.patch(recompile_limit=COMPILE_SHAPES):
-            hidden = _decoder_hidden_compiled(decoder, input_ids, attention_mask, position_ids)  # (B, T, H)
+            hidden = _decoder_hidden_compiled()(decoder, input_ids, attention_mask, position_ids)  # (B, T, H)
     else:
         hidden = _decoder_hidden(decoder, input_ids, attention_mask, position_ids)  # (B, T, H)
     B, T, H = hidden.shape
