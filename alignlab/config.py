@@ -530,6 +530,9 @@ class EIRoundConfig(Strict):
     global_batch_seqs: int = Field(32, gt=0, description="sequences per optimizer step of a round's SFT")
     loss_normalizer: Literal["tokens", "sequences"] = "tokens"
     dedupe: bool = Field(True, description="keep each distinct correct completion of a question once")
+    packing: bool = Field(False, description=(
+        "run a round's SFT padding-free: each micro-batch's kept samples are packed into rows no wider than the "
+        "step's longest, with position_ids restarting per sample (data.collate_packed)"))
 
 
 class EITrainingConfig(TrainingConfig):

@@ -290,6 +290,50 @@ def test_expert_iteration_cli_run(tmp_path, qwen_dir):
     assert (tmp_path / "ei/checkpoints/step_2/model.safetensors").exists()
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["restart", "broken_positions"])
+def test_expert_iteration_packing_changes_memory_not_the_update(tmp_path, qwen_dir, ragged_questions, broken,
+                                                                monkeypatch):
+    """ei.packing runs a round's SFT padding-free: the same round loss and weights as the padded run, on kept
+    samples of very different lengths (every sample is kept: the reward is patched to 1), whose packed rows
+    hold several samples; with position ids that run on across a row they differ."""
+    from safetensors.torch import load_file
+
+    from alignlab import data
+
+    real = tasks.Task.reward
+    monkeypatch.setattr(tasks.Task, "reward", lambda self, c, ex: {**real(self, c, ex), "reward": 1.0})
+    collate = data.collate_packed
+    shared = []
+
+    def spy(items, pad_id, max_len):
+        out = collate(items, pad_id, max_len)
+        if broken:
+            out["position_ids"] = torch.arange(out["input_ids"].shape[1]).expand_as(out["input_ids"]).clone()
+        shared.append(out["input_ids"].shape[0] < len(items))
+        return out
+
+    monkeypatch.setattr(data, "collate_packed", spy)
+    common = {"training.total_steps": 1, "task.name": "math", "task.prompt": "question_only",
+              "task.train": ragged_questions, "task.eval": ragged_questions, "ei.questions_per_round": 8,
+              "ei.group_size": 2, "ei.global_batch_seqs": 16, "training.micro_batch": 16, "ei.dedupe": "false",
+              "sampling.max_new_tokens": 4, "eval.max_examples": 4, "eval.max_new_tokens": 2, "optim.lr": 1e-3,
+              "training.eval_every": 0,
+              # Adam's first step is lr * g / (|g| + eps): with eps 1e-8 an entry whose gradient is 0 up to fp32
+              # rounding moves by +-lr; 1e-4 keeps the update a smooth function of the gradient
+              "optim.eps": 1e-4}
+    for name, extra in (("plain", {}), ("packed", {"ei.packing": "true"})):
+        args = ["ei", "-c", "ei_tiny", f"out_dir={tmp_path}", f"name={name}", f"model.path={qwen_dir}",
+                *[f"{k}={v}" for k, v in {**common, **extra}.items()]]
+        assert cli.main(args) == 0
+    assert shared and all(shared)  # the packed run's micro-batch shared rows
+    row = {n: next(r for r in tracking.read_metrics(tmp_path / n) if "ei/kept_samples" in r) for n in ("plain", "packed")}
+    assert row["plain"]["ei/kept_samples"] == row["packed"]["ei/kept_samples"] == 16
+    w = {n: load_file(tmp_path / n / "checkpoints/step_1/model.safetensors") for n in ("plain", "packed")}
+    same_loss = row["packed"]["loss/train"] == pytest.approx(row["plain"]["loss/train"], rel=1e-5)
+    same_weights = all(torch.allclose(w["packed"][k], v, atol=1e-5, rtol=1e-4) for k, v in w["plain"].items())
+    assert (same_loss and same_weights) != broken, (row["plain"]["loss/train"], row["packed"]["loss/train"])
+
+
 def test_expert_iteration_keeps_only_correct_distinct_samples(model_tok):
     from alignlab.train.ei import kept_examples
 

@@ -77,7 +77,8 @@ def main(cfg: EIConfig, hooks: list | None = None) -> Path:
                     batch = [items[i] for i in order[b : b + e.global_batch_seqs]]
                     loss, seen = accumulate_step(policy, dist.shard(batch), tok.pad_token_id, device, prec,
                                                  micro_batch_seqs=t.micro_batch, normalizer=e.loss_normalizer,
-                                                 scaler=scaler, max_tokens=t.max_tokens_per_micro_batch, step_items=batch)
+                                                 scaler=scaler, max_tokens=t.max_tokens_per_micro_batch, step_items=batch,
+                                                 packing_len=max(len(x.ids) for x in batch) if e.packing else None)
                     loss, seen = dist.sum([loss, seen])
                     optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler, guard=run.watchdog.guard(rnd + 1, loss))
                     losses_.append(loss)
