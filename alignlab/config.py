@@ -498,8 +498,9 @@ class RLConfig(Strict):
         return self
 
 
-class GRPOTrainingConfig(TrainingConfig):
-    """GRPO's `training:`: the shared one, and its micro-batches can also be capped in tokens."""
+class RLTrainingConfig(TrainingConfig):
+    """GRPO's and PPO's `training:`: the shared one, and micro-batches can also be capped in tokens (PPO:
+    inside each minibatch)."""
 
     TOKEN_CAP: ClassVar[bool] = True
 
@@ -510,7 +511,7 @@ class GRPOConfig(LowRankRun):
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    training: GRPOTrainingConfig = Field(default_factory=GRPOTrainingConfig)
+    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def updates_per_step(self) -> int:
@@ -735,12 +736,6 @@ class PPOSection(Strict):
         return self
 
 
-class PPOTrainingConfig(TrainingConfig):
-    """PPO's `training:`: the shared one, and a minibatch's micro-batches can also be capped in tokens."""
-
-    TOKEN_CAP: ClassVar[bool] = True
-
-
 class PPOConfig(LowRankRun):
     name: str = "ppo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
@@ -748,7 +743,7 @@ class PPOConfig(LowRankRun):
     reward: RewardSection = Field(default_factory=RewardSection)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ppo: PPOSection = Field(default_factory=PPOSection)
-    training: PPOTrainingConfig = Field(default_factory=PPOTrainingConfig)
+    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="before")
