@@ -118,21 +118,6 @@ class DiscordantEffect(_Result):
 
 
 @dataclass(frozen=True)
-class GroupTTest(_Result):
-    """``group_ttest``: the difference of two groups of seed runs, its SE split by source, t and p."""
-    statistic: float
-    pvalue: float
-    df: float
-    mean_diff: float
-    ci_low: float
-    ci_high: float
-    se: float
-    se_seeds: float     # from the spread of per-seed means (training variance + per-seed example noise)
-    se_examples: float  # from the examples' shared effect on the difference (test-set sampling)
-    confidence: float
-
-
-@dataclass(frozen=True)
 class WelchTTest(_Result):
     statistic: float
     pvalue: float
@@ -140,6 +125,15 @@ class WelchTTest(_Result):
     mean_diff: float
     ci_low: float
     ci_high: float
+
+
+@dataclass(frozen=True)
+class GroupTTest(WelchTTest):
+    """``group_ttest``: the difference of two groups of seed runs (Welch's fields), its SE split by source."""
+    se: float
+    se_seeds: float     # from the spread of per-seed means (training variance + per-seed example noise)
+    se_examples: float  # from the examples' shared effect on the difference (test-set sampling)
+    confidence: float
 
 
 @dataclass(frozen=True)
