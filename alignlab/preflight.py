@@ -283,7 +283,7 @@ def check_memory(st: Stepper, opt) -> Check:
     import torch
 
     from .analysis import memory as AM
-    from .plan._tracker import LiveTensorTracker
+    from .plan.measure import _existing, _phase, peak_per_phase
 
     idx = st.longest()
     seq_len = st.seq_len(idx)
@@ -292,28 +292,19 @@ def check_memory(st: Stepper, opt) -> Check:
                      reference=st.algo == "dpo" and st.ref is not None)
     info: dict = {"micro_batch": len(idx), "seq_len": seq_len, "device": str(dev)}
 
-    def step():
+    def step(tr=None):  # one phase: the whole training step
+        _phase(tr, dev, "step")
         st.model.zero_grad(set_to_none=True)
         st.backward(idx, len(idx))
         opt.step()
         opt.zero_grad(set_to_none=True)
+        _phase(tr, dev, "done")
 
     try:
+        peaks, method = peak_per_phase(step, dev, _existing(st.model, opt, []), ("step",))
+        measured = peaks["step"]
         if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            step()
-            torch.cuda.synchronize(dev)
-            measured, method = float(torch.cuda.max_memory_allocated(dev)), "max_memory_allocated"
             info["device_total"] = float(torch.cuda.get_device_properties(dev).total_memory)
-        else:
-            from .plan.measure import _existing
-
-            tr = LiveTensorTracker()
-            tr.track_existing(_existing(st.model, opt, []))
-            with tr:
-                step()
-            measured, method = float(max(tr.peaks.values())), "live tensor bytes"
     except torch.OutOfMemoryError as exc:
         return Check("memory", "fail", f"out of memory on the longest micro-batch ({len(idx)} x {seq_len} tokens): "
                      f"{str(exc).splitlines()[0]}; lower the micro-batch size or data.max_seq_len, or enable "

@@ -76,7 +76,6 @@ def profile(task: str, cfg, seed: int = 0) -> dict:
     """Run one tracked step of the config; -> {"device", "method", "phases": {phase: peak bytes}}."""
     from ..models import is_peft, load_policy
     from ..plan import measure as M
-    from ..plan._tracker import LiveTensorTracker
 
     shape = shape_of(task, cfg)
     prev_threads = torch.get_num_threads()
@@ -125,23 +124,10 @@ def profile(task: str, cfg, seed: int = 0) -> dict:
             M._phase(tr, dev, "done")
 
         step()
-        names = ("rollout", "reference", "forward", "backward", "optimizer")
-        if dev.type == "cuda":
-            M._CUDA_PEAKS.clear()
-            M._CUDA_CUR[:] = ["setup"]
-            torch.cuda.synchronize(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-            step(None)
-            M._CUDA_CUR.clear()
-            peaks, method = dict(M._CUDA_PEAKS), "max_memory_allocated"
-        else:
-            tr = LiveTensorTracker()
-            tr.track_existing(M._existing(model, opt, [(ids, mask, labels)]))
-            with tr:
-                step(tr)
-            peaks, method = tr.peaks, "live tensor bytes"
-        return {"device": str(dev), "method": method, "task": task, "shape": shape.__dict__,
-                "phases": {k: float(v) for k, v in peaks.items() if k in names}, "setup": setup}
+        peaks, method = M.peak_per_phase(step, dev, M._existing(model, opt, [(ids, mask, labels)]),
+                                         ("rollout", "reference", "forward", "backward", "optimizer"))
+        return {"device": str(dev), "method": method, "task": task, "shape": shape.__dict__, "phases": peaks,
+                "setup": setup}
     finally:
         torch.set_num_threads(prev_threads)
 

@@ -196,21 +196,31 @@ def _measure(arch: Arch, setup: Setup, dev: torch.device, steps: int, seed: int)
         _phase(tracker, dev, "done")
 
     step()  # optimizer states now exist
-    out = Measurement(device=str(dev), method=("max_memory_allocated" if dev.type == "cuda" else "live tensor bytes"))
+    out = Measurement(device=str(dev))
     t0 = time.perf_counter()
     for _ in range(steps):
-        if dev.type == "cuda":
-            peaks = _cuda_step(step, dev)
-        else:
-            tr = LiveTensorTracker()
-            tr.track_existing(_existing(model, opt, batches))
-            with tr:
-                step(tr)
-            peaks = {k: v for k, v in tr.peaks.items() if k in ("forward", "backward", "optimizer")}
+        peaks, out.method = peak_per_phase(step, dev, _existing(model, opt, batches), ("forward", "backward", "optimizer"))
         for k, v in peaks.items():
-            out.phases[k] = max(out.phases.get(k, 0.0), float(v))
+            out.phases[k] = max(out.phases.get(k, 0.0), v)
     out.seconds_per_step = (time.perf_counter() - t0) / steps
     return out
+
+
+def peak_per_phase(step, dev: torch.device, existing: list[torch.Tensor], names) -> tuple[dict[str, float], str]:
+    """Run `step(tracker)` once (it marks its phases with `_phase(tracker, dev, name)`) and return the peak
+    bytes of each phase in `names`, and how they were measured: on CUDA `max_memory_allocated`, reset at
+    each phase start; elsewhere the live tensor bytes of `LiveTensorTracker`, counting `existing` (weights,
+    optimizer states, batch) from the start. The one measurement behind plan --measure, the memory
+    analysis and preflight."""
+    if dev.type == "cuda":
+        peaks, method = _cuda_step(step, dev), "max_memory_allocated"
+    else:
+        tr = LiveTensorTracker()
+        tr.track_existing(existing)
+        with tr:
+            step(tr)
+        peaks, method = tr.peaks, "live tensor bytes"
+    return {k: float(v) for k, v in peaks.items() if k in names}, method
 
 
 _CUDA_PEAKS: dict[str, float] = {}
@@ -235,7 +245,7 @@ def _cuda_step(step, dev) -> dict[str, float]:
     torch.cuda.reset_peak_memory_stats(dev)
     step(None)
     _CUDA_CUR.clear()
-    return {k: v for k, v in _CUDA_PEAKS.items() if k in ("forward", "backward", "optimizer")}
+    return dict(_CUDA_PEAKS)
 
 
 def _existing(model, opt, batches) -> list[torch.Tensor]:
