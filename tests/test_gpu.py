@@ -200,6 +200,19 @@ def test_graph_decode_steps_neither_sync_nor_recompile(tiny_dirs, monkeypatch):
         assert torch.equal(first, again), arch
 
 
+@pytest.mark.parametrize("loop", ["sft", "dpo", "grpo"])
+def test_model_compile_on_cuda_trains_as_eager(tmp_path, qwen_dir, prefs, loop):
+    """model.compile=true on CUDA (inductor's Triton kernels) in bf16: the run finishes, and its first step's
+    loss equals the eager run's within bf16 rounding (the same rollouts for GRPO: same seed)."""
+    key = "loss/train" if loop != "grpo" else "loss/policy"
+    first = {}
+    for c in ("false", "true"):
+        out = tmp_path / c
+        assert cli.main(_args(loop, out, qwen_dir, prefs) + [f"model.compile={c}"]) == 0
+        first[c] = next(r for r in tracking.read_metrics(out / loop) if key in r)
+    assert math.isfinite(first["true"][key])
+    assert first["true"][key] == pytest.approx(first["false"][key], rel=2e-2, abs=2e-3)
+
 
 def test_qlora_step_memory_is_below_lora_and_the_planner_predicts_it():
     """QLoRA saves what NF4 can save: LoRA's peak minus QLoRA's is at least 80% of the projection
