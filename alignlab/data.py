@@ -367,6 +367,24 @@ def budget_micro_batches(idx: list[int], lengths: list[tuple[int, ...]], micro: 
     return out
 
 
+def sequence_micro_batches(rows: list[int], lengths: list[int], micro: int, max_tokens: int | None = None,
+                           packed: bool = False) -> list[list[int]]:
+    """RL micro-batches: `rows` (indices of one sequence each; `lengths[r]` its real tokens) cut by
+    `budget_micro_batches`; with a token cap, sorted by length first, so short sequences share a
+    micro-batch and long ones get small ones. GRPO's step and each PPO minibatch use it."""
+    if max_tokens:
+        rows = sorted(rows, key=lambda r: lengths[r])
+    return budget_micro_batches(rows, [(lengths[r],) for r in rows], micro, max_tokens, packed)
+
+
+def take_rows(x: torch.Tensor, idx, lengths: list[int]) -> torch.Tensor:
+    """The rows `idx` of a right-padded (B, T, ...) tensor, cut to their longest sequence (the columns
+    after it are padding in every one of them), so a micro-batch computes no more than rows x longest.
+    A (B,) tensor: just the rows."""
+    rows = x[idx]
+    return rows[:, : max(lengths[i] for i in idx)] if x.dim() >= 2 else rows
+
+
 class StepSampler:
     """Deterministic data order: epoch e is a permutation seeded by (seed, e); step s takes the next
     `per_step` examples. The position is a pure function of the step, so resume is exact."""

@@ -138,12 +138,9 @@ def main(cfg: GRPOConfig, hooks: list | None = None) -> Path:
             t2 = time.perf_counter()
             n_local = len(rewards)  # this rank's sequences (all of them with one process)
             lengths = batch["attention_mask"].sum(-1).tolist()
-            order = sorted(range(n_local), key=lambda i: lengths[i]) if t.max_tokens_per_micro_batch else range(n_local)
-            # Columns past a micro-batch's longest sequence are padding (right-padded rows): cut, so a padded
-            # token budget (rows x longest) is what actually runs
-            mbs = [{k: (v[idx, : max(lengths[i] for i in idx)] if v.dim() == 2 else v[idx]).to(device)
-                    for k, v in batch.items()} for idx in data.budget_micro_batches(
-                list(order), [(lengths[i],) for i in order], t.micro_batch, t.max_tokens_per_micro_batch, rl.packing)]
+            mbs = [{k: data.take_rows(v, idx, lengths).to(device) for k, v in batch.items()}
+                   for idx in data.sequence_micro_batches(list(range(n_local)), lengths, t.micro_batch,
+                                                          t.max_tokens_per_micro_batch, rl.packing)]
             # Old log-probs need their own pass only when later epochs go off-policy; on-policy, the
             # sampling policy is the policy of the training forward itself (ratio == 1 by construction).
             off_policy = rl.epochs_per_rollout_batch > 1

@@ -111,14 +111,10 @@ def main(cfg: PPOConfig, hooks: list | None = None) -> Path:
                     # the minibatch's tokens on every rank, fixed before its micro-batches
                     n_tok = max(dist.sum(int(mask[torch.tensor(rows, device=device)].sum())), 1)
                     step_loss, step_ent = 0.0, 0.0
-                    if t.max_tokens_per_micro_batch:  # by length, so short sequences share a micro-batch
-                        rows = sorted(rows, key=lambda r: lengths[r])
-                    for part in data.budget_micro_batches(rows, [(lengths[r],) for r in rows], t.micro_batch,
-                                                          t.max_tokens_per_micro_batch, p.packing):
-                        # every term is a sum / n_tok: they add up. Columns past the micro-batch's longest
-                        # sequence are padding (right-padded rows): cut, so a padded budget is what runs
-                        idx, w = torch.tensor(part, device=device), max(lengths[r] for r in part)
-                        cut = lambda x: x[idx, :w]  # noqa: E731
+                    for part in data.sequence_micro_batches(rows, lengths, t.micro_batch,
+                                                            t.max_tokens_per_micro_batch, p.packing):
+                        # every term is a sum / n_tok: they add up
+                        cut = lambda x: data.take_rows(x, part, lengths)  # noqa: E731
                         mb = {k: cut(v) for k, v in batch.items()}
                         m = cut(mask)
                         out, values = critics.forward(policy, critic, mb, s.temperature, prec, device, entropy=True,
