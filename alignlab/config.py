@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -211,11 +211,6 @@ class TrainingConfig(Strict):
     steps (SFT, DPO, RM), rollout steps (GRPO, PPO) or rounds (EI); eval/save/log counts are in them.
     Each loop subclasses it where it differs (SFT, EI, GRPO, PPO, DPO/RM)."""
 
-    # Does the loop read max_tokens_per_micro_batch? Loops whose micro-batches come from
-    # data.micro_batches (SFT, EI) or data.budget_micro_batches (DPO, GRPO, PPO) can cap their tokens;
-    # elsewhere (RM) the key is refused, not ignored.
-    TOKEN_CAP: ClassVar[bool] = False
-
     total_steps: int = Field(50, gt=0, description="the loop's steps (GRPO, PPO: rollout steps)")
     micro_batch: int = Field(16, gt=0, description=(
         "rows per forward/backward: sequences (SFT, EI, GRPO, PPO) or preference pairs (DPO, RM; chosen and "
@@ -237,18 +232,9 @@ class TrainingConfig(Strict):
     )
     watchdog: WatchdogConfig = Field(default_factory=WatchdogConfig)
 
-    @model_validator(mode="after")
-    def _token_cap(self) -> "TrainingConfig":
-        if self.max_tokens_per_micro_batch is not None and not self.TOKEN_CAP:
-            raise ValueError("max_tokens_per_micro_batch is read by sft, ei, dpo, grpo and ppo only; this loop cuts its "
-                             "micro-batches by rows: remove it and size them with training.micro_batch")
-        return self
-
 
 class SFTTrainingConfig(TrainingConfig):
     """SFT's `training:`: a step count or epochs, and the global batch the micro-batches add up to."""
-
-    TOKEN_CAP: ClassVar[bool] = True
 
     total_steps: int | None = Field(None, gt=0, description="Optimizer steps; or set epochs.")
     epochs: float | None = Field(None, gt=0)
@@ -266,10 +252,6 @@ class SFTTrainingConfig(TrainingConfig):
         if self.total_steps is None and self.epochs is None:
             raise ValueError("set training.total_steps or training.epochs")
         return self
-
-    @property
-    def grad_accum_steps(self) -> int:
-        return self.global_batch_seqs // self.micro_batch
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -498,20 +480,13 @@ class RLConfig(Strict):
         return self
 
 
-class RLTrainingConfig(TrainingConfig):
-    """GRPO's and PPO's `training:`: the shared one, and micro-batches can also be capped in tokens (PPO:
-    inside each minibatch)."""
-
-    TOKEN_CAP: ClassVar[bool] = True
-
-
 class GRPOConfig(LowRankRun):
     name: str = "grpo"
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=1e-5, warmup_ratio=0.0, schedule="constant"))
     task: TaskConfig = Field(default_factory=TaskConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
-    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def updates_per_step(self) -> int:
@@ -539,8 +514,6 @@ class EIRoundConfig(Strict):
 class EITrainingConfig(TrainingConfig):
     """EI's `training:`: its steps are rounds of sample -> filter -> SFT; a round's SFT steps in
     micro-batches like SFT's (so a token cap applies too)."""
-
-    TOKEN_CAP: ClassVar[bool] = True
 
     total_steps: int = Field(3, gt=0, description="rounds of sample -> filter -> SFT")
     eval_every: int = Field(1, ge=0, description="evaluate held-out accuracy every N rounds; 0: only after the last")
@@ -596,12 +569,6 @@ class PrefTrainingConfig(TrainingConfig):
         return self
 
 
-class DPOTrainingConfig(PrefTrainingConfig):
-    """DPO's `training:`: as RM's, and its micro-batches can also be capped in tokens."""
-
-    TOKEN_CAP: ClassVar[bool] = True
-
-
 class DPOSection(Strict):
     loss: Literal["sigmoid", "cdpo", "ipo", "hinge", "simpo"] = "sigmoid"
     beta: float = Field(0.1, gt=0)
@@ -630,7 +597,7 @@ class DPOConfig(LowRankRun):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(lr=5e-6))
     data: PrefDataConfig = Field(default_factory=PrefDataConfig)
     dpo: DPOSection = Field(default_factory=DPOSection)
-    training: DPOTrainingConfig = Field(default_factory=lambda: DPOTrainingConfig(total_steps=100))
+    training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
 
     @model_validator(mode="after")
     def _reference(self) -> "DPOConfig":
@@ -665,7 +632,10 @@ class RMConfig(RunBase):
     training: PrefTrainingConfig = Field(default_factory=lambda: PrefTrainingConfig(total_steps=100))
 
     @model_validator(mode="after")
-    def _watchdog(self) -> "RMConfig":
+    def _refusals(self) -> "RMConfig":
+        if self.training.max_tokens_per_micro_batch is not None:  # every other loop reads it
+            raise ValueError("max_tokens_per_micro_batch is read by sft, ei, dpo, grpo and ppo only; this loop cuts its "
+                             "micro-batches by rows: remove it and size them with training.micro_batch")
         if self.data.packing:  # a scalar score per sequence is read at its last token: one sequence per row
             raise ValueError("data.packing=true is not supported by reward models (the score is read at each "
                              "sequence's last token, one sequence per row); remove data.packing")
@@ -743,7 +713,7 @@ class PPOConfig(LowRankRun):
     reward: RewardSection = Field(default_factory=RewardSection)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     ppo: PPOSection = Field(default_factory=PPOSection)
-    training: RLTrainingConfig = Field(default_factory=RLTrainingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="before")
