@@ -273,7 +273,16 @@ class ArithmeticConfig(Strict):
     ops: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-"])
 
 
-class DataConfig(Strict):
+class _PackedRows:
+    """What DataConfig and PrefDataConfig share about packing (both have max_seq_len and packing)."""
+
+    @property
+    def pack_len(self) -> int | None:
+        """data.packing: the length of the rows examples are packed into (max_seq_len); None: padded batches."""
+        return self.max_seq_len if self.packing else None
+
+
+class DataConfig(Strict, _PackedRows):
     train: str = Field("builtin:arithmetic", description="JSONL path, builtin:arithmetic, or hf:<path>[:split]")
     eval: str | None = Field("builtin:arithmetic", description="Held-out set (same forms); null disables eval.")
     format: Literal["auto", "plain", "chat"] = Field(
@@ -540,7 +549,7 @@ class EIConfig(RunBase):
 # ----------------------------------------------------------------------------------------------
 
 
-class PrefDataConfig(Strict):
+class PrefDataConfig(Strict, _PackedRows):
     train: str = Field("builtin:arithmetic", description="JSONL of prompt/chosen/rejected, builtin:arithmetic or builtin:safety")
     eval: str | None = Field("builtin:arithmetic", description="held-out pairs (same forms); null disables")
     n_train: int = Field(1024, gt=0, description="pairs drawn from builtin:arithmetic (other sets use every line)")

@@ -410,12 +410,14 @@ def reduce_gradients(params: list) -> None:
             grads.append(p.grad)
     limit = d.cfg.bucket_mb * 2**20
     bucket: list[torch.Tensor] = []
+    size = 0  # the open bucket's bytes
     for g in grads:
-        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device
-                       or sum(x.numel() * x.element_size() for x in bucket) + g.numel() * g.element_size() > limit):
+        nbytes = g.numel() * g.element_size()
+        if bucket and (g.dtype != bucket[0].dtype or g.device != bucket[0].device or size + nbytes > limit):
             _all_reduce_bucket(bucket, d)
-            bucket = []
+            bucket, size = [], 0
         bucket.append(g)
+        size += nbytes
     if bucket:
         _all_reduce_bucket(bucket, d)
 

@@ -440,10 +440,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict | 
 
     if cycles.is_marked(model):
         return cycles.save(model, tokenizer, out_dir)
-    if state_dict is None:
-        model.save_pretrained(out_dir)
-    else:
-        model.save_pretrained(out_dir, state_dict=state_dict)
+    model.save_pretrained(out_dir, state_dict=state_dict)
     tokenizer.save_pretrained(out_dir)
 
 

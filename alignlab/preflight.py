@@ -187,11 +187,11 @@ class Stepper:
             t, d = self.cfg.training, self.cfg.data
             loss, _ = accumulate_step(self.model, [self.train[i] for i in idx], self.tok.pad_token_id, self.device,
                                       self.prec, micro_batch_seqs=micro, normalizer=t.loss_normalizer,
-                                      bucket=d.length_bucketing, packing_len=d.max_seq_len if d.packing else None)
+                                      bucket=d.length_bucketing, packing_len=d.pack_len)
             return loss
         # DPO: the loop's micro-step (train/dpo.py main), with its pair log-probs and LOSSES
         total = 0.0
-        pack = self.cfg.data.max_seq_len if self.cfg.data.packing else None
+        pack = self.cfg.data.pack_len
         for part in self.dpo.micro_batches(self.train, idx, micro, self.cfg.training.max_tokens_per_micro_batch,
                                            bool(pack)):
             pairs = [self.train[j] for j in part]
@@ -283,7 +283,7 @@ def check_memory(st: Stepper, opt) -> Check:
     import torch
 
     from .analysis import memory as AM
-    from .plan.measure import _existing, _phase, peak_per_phase
+    from .plan.measure import existing_tensors, mark_phase, peak_per_phase
 
     idx = st.longest()
     seq_len = st.seq_len(idx)
@@ -293,15 +293,15 @@ def check_memory(st: Stepper, opt) -> Check:
     info: dict = {"micro_batch": len(idx), "seq_len": seq_len, "device": str(dev)}
 
     def step(tr=None):  # one phase: the whole training step
-        _phase(tr, dev, "step")
+        mark_phase(tr, dev, "step")
         st.model.zero_grad(set_to_none=True)
         st.backward(idx, len(idx))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _phase(tr, dev, "done")
+        mark_phase(tr, dev, "done")
 
     try:
-        peaks, method = peak_per_phase(step, dev, _existing(st.model, opt, []), ("step",))
+        peaks, method = peak_per_phase(step, dev, existing_tensors(st.model, opt, []), ("step",))
         measured = peaks["step"]
         if dev.type == "cuda":
             info["device_total"] = float(torch.cuda.get_device_properties(dev).total_memory)

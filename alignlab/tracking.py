@@ -38,6 +38,7 @@ class Run:
         self.metrics_path = self.dir / "metrics.jsonl"
         self.sinks = sinks or []  # TensorBoard / W&B: copies of each row; metrics.jsonl is the truth
         self.watchdog = None  # set by begin(); every logged row passes through watchdog.record
+        self.actions: list = []  # set by begin(): step-end actions (relora resets, rank1 merges, rank tracking)
         self.dist = current()  # data-parallel ranks: rank 0 writes, every rank's watchdog sees every row
         self.is_main = self.dist.is_main
 
@@ -128,7 +129,7 @@ class Run:
         joins the step's row. Hooks run in the same order in every loop. -> the step's row."""
         from . import hooks as H
 
-        for action in getattr(self, "actions", []):
+        for action in self.actions:
             metrics = {**metrics, **action.end_step(step, total)}
         wd = self.watchdog
         metrics = {**metrics, **wd.end_step(step, metrics)}

@@ -89,7 +89,7 @@ def allocator_peak(arch: Arch, setup: Setup) -> float:
 
     step()
     seen, base = set(), 0
-    for t in M._existing(model, opt, batches):
+    for t in M.existing_tensors(model, opt, batches):
         st = t.untyped_storage()
         if st.data_ptr() not in seen:
             seen.add(st.data_ptr())

@@ -101,7 +101,7 @@ def profile(task: str, cfg, seed: int = 0) -> dict:
 
         def step(tr=None):
             if shape.gen:
-                M._phase(tr, dev, "rollout")
+                M.mark_phase(tr, dev, "rollout")
                 with torch.no_grad():
                     model.config.use_cache = True
                     model.generate(input_ids=ids[:, :PROMPT_TOKENS], attention_mask=torch.ones_like(ids[:, :PROMPT_TOKENS]),
@@ -109,22 +109,22 @@ def profile(task: str, cfg, seed: int = 0) -> dict:
                                    pad_token_id=tok.pad_token_id)
                     model.config.use_cache = False
             if shape.reference:
-                M._phase(tr, dev, "reference")
+                M.mark_phase(tr, dev, "reference")
                 with torch.no_grad(), ref_ctx():
                     M._loss(model, setup, ids, mask, labels)
-            M._phase(tr, dev, "forward")
+            M.mark_phase(tr, dev, "forward")
             with prec.autocast_ctx(dev):
                 loss = M._loss(model, setup, ids, mask, labels)
-            M._phase(tr, dev, "backward")
+            M.mark_phase(tr, dev, "backward")
             loss.backward()
             del loss
-            M._phase(tr, dev, "optimizer")
+            M.mark_phase(tr, dev, "optimizer")
             opt.step()
             opt.zero_grad(set_to_none=True)
-            M._phase(tr, dev, "done")
+            M.mark_phase(tr, dev, "done")
 
         step()
-        peaks, method = M.peak_per_phase(step, dev, M._existing(model, opt, [(ids, mask, labels)]),
+        peaks, method = M.peak_per_phase(step, dev, M.existing_tensors(model, opt, [(ids, mask, labels)]),
                                          ("rollout", "reference", "forward", "backward", "optimizer"))
         return {"device": str(dev), "method": method, "task": task, "shape": shape.__dict__, "phases": peaks,
                 "setup": setup}

@@ -20,7 +20,6 @@ per run: rank_trajectory.png and rank_trajectory.json (default out: the first ru
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -31,9 +30,12 @@ MEASURES = ("erank", "stable_rank", "k90", "numerical_rank")
 
 def effective_weights(model) -> dict:
     """{HF name: fp32 CPU copy} of every floating 2-D weight, LoRA deltas folded in (tied weights once)."""
+    import torch
+
     from ..rollout.vllm import vllm_weights  # W + s·B·A under checkpoint names, computed in fp32
 
-    return {n: w.detach().float().cpu().clone() for n, w in vllm_weights(model) if w.dim() == 2 and w.is_floating_point()}
+    return {n: w.detach().to("cpu", torch.float32, copy=True) for n, w in vllm_weights(model)
+            if w.dim() == 2 and w.is_floating_point()}
 
 
 def lowrank_measures(delta, q: int, noise_scale: float = 0.0) -> dict:
@@ -88,16 +90,22 @@ class RankTracker:
     """The step-end action of `analysis.rank_every`."""
 
     def __init__(self, cfg, model, run_dir: Path, fresh: bool):
+        from ..distributed import current
+
         self.cfg, self.model = cfg.analysis, model
         self.dir = Path(run_dir) / "analysis" / "rank" / "steps"
-        if fresh:
+        # data-parallel ranks hold the same weights and only rank 0 logs and writes: measure there alone
+        self.main = current().is_main
+        if not self.main:
+            self.start = {}
+        elif fresh:
             self.start = effective_weights(model)
         else:  # the starting model, as a plain model (adapters of a chain folded)
             self.start = {n: p.detach().float().clone() for n, p in C.load_model(cfg.model.path).named_parameters()
                           if p.dim() == 2}
 
     def end_step(self, step: int, total: int) -> dict:
-        if not (step == total or step % self.cfg.rank_every == 0):
+        if not self.main or not (step == total or step % self.cfg.rank_every == 0):
             return {}
         t0 = time.perf_counter()
         rows = measure(self.start, effective_weights(self.model), self.cfg.rank_max_dim, self.cfg.rank_lowrank)
@@ -110,14 +118,12 @@ class RankTracker:
 
 def trajectories(run: Path, measure_name: str) -> dict[str, list[tuple[int, float]]]:
     """{module: [(step, value)]} from a run's metrics.jsonl."""
-    p = Path(run) / "metrics.jsonl"
-    if not p.is_file():
+    from ..tracking import read_metrics
+
+    if not (Path(run) / "metrics.jsonl").is_file():
         raise C.AnalysisError(f"{run}: no metrics.jsonl (expected a run directory)")
     out: dict[str, list] = {}
-    for line in p.read_text().splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_metrics(run):
         for k, v in row.items():
             parts = k.split("/")
             if len(parts) == 3 and parts[0] == "rank" and parts[2] == measure_name and isinstance(v, (int, float)):

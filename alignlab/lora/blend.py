@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,7 +312,7 @@ def main(argv: list[str]) -> int:
         rep = blend(args.adapters, args.out, args.method, args.weights, args.density, args.majority, args.scope,
                     args.rank, args.seed)
     except BlendError as exc:
-        print(f"alignlab blend: error: {exc}", file=__import__("sys").stderr)
+        print(f"alignlab blend: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({rep['method']}, rank {rep['rank']}, {len(rep['matrices'])} matrices, "
           f"largest relative error of the written adapter vs the merged ΔW {rep['max_rel_error']:.2e})")

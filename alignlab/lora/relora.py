@@ -29,19 +29,14 @@ import math
 
 import torch
 
+from ..optim import lr_multiplier
 from . import cycles
 
 
 def envelope(t: float, total: int, warmup: int, min_ratio: float, schedule: str = "cosine") -> float:
-    """The schedule without restarts after the first warm-up: cosine (or linear) from 1 down to min_ratio."""
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, max(0.0, (t - warmup) / max(1, total - warmup)))
-    if schedule == "cosine":
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "linear":
-        return min_ratio + (1 - min_ratio) * (1 - progress)
-    raise ValueError(f"unknown schedule {schedule!r}")
+    """The schedule without restarts after the first warm-up: cosine (or linear) from 1 down to min_ratio
+    (optim.lr_multiplier's decay, held at 1 through the warm-up)."""
+    return lr_multiplier(max(t, warmup), total, warmup, schedule, min_ratio)
 
 
 def jagged_multiplier(t: int, total: int, warmup: int, restart_warmup: int, cycle: int, min_ratio: float,

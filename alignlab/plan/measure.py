@@ -184,22 +184,22 @@ def _measure(arch: Arch, setup: Setup, dev: torch.device, steps: int, seed: int)
 
     def step(tracker=None):
         for ids, mask, labels in batches:
-            _phase(tracker, dev, "forward")
+            mark_phase(tracker, dev, "forward")
             with autocast():
                 loss = _loss(model, setup, ids, mask, labels)
-            _phase(tracker, dev, "backward")
+            mark_phase(tracker, dev, "backward")
             (loss / setup.grad_accum).backward()
             del loss
-        _phase(tracker, dev, "optimizer")
+        mark_phase(tracker, dev, "optimizer")
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _phase(tracker, dev, "done")
+        mark_phase(tracker, dev, "done")
 
     step()  # optimizer states now exist
     out = Measurement(device=str(dev))
     t0 = time.perf_counter()
     for _ in range(steps):
-        peaks, out.method = peak_per_phase(step, dev, _existing(model, opt, batches), ("forward", "backward", "optimizer"))
+        peaks, out.method = peak_per_phase(step, dev, existing_tensors(model, opt, batches), ("forward", "backward", "optimizer"))
         for k, v in peaks.items():
             out.phases[k] = max(out.phases.get(k, 0.0), v)
     out.seconds_per_step = (time.perf_counter() - t0) / steps
@@ -207,7 +207,7 @@ def _measure(arch: Arch, setup: Setup, dev: torch.device, steps: int, seed: int)
 
 
 def peak_per_phase(step, dev: torch.device, existing: list[torch.Tensor], names) -> tuple[dict[str, float], str]:
-    """Run `step(tracker)` once (it marks its phases with `_phase(tracker, dev, name)`) and return the peak
+    """Run `step(tracker)` once (it marks its phases with `mark_phase(tracker, dev, name)`) and return the peak
     bytes of each phase in `names`, and how they were measured: on CUDA `max_memory_allocated`, reset at
     each phase start; elsewhere the live tensor bytes of `LiveTensorTracker`, counting `existing` (weights,
     optimizer states, batch) from the start. The one measurement behind plan --measure, the memory
@@ -227,7 +227,7 @@ _CUDA_PEAKS: dict[str, float] = {}
 _CUDA_CUR: list[str] = []
 
 
-def _phase(tracker, dev, name: str) -> None:
+def mark_phase(tracker, dev, name: str) -> None:
     if tracker is not None:
         tracker.set_phase(name)
     elif dev.type == "cuda" and _CUDA_CUR:
@@ -248,7 +248,7 @@ def _cuda_step(step, dev) -> dict[str, float]:
     return dict(_CUDA_PEAKS)
 
 
-def _existing(model, opt, batches) -> list[torch.Tensor]:
+def existing_tensors(model, opt, batches) -> list[torch.Tensor]:
     ts: list[torch.Tensor] = list(model.parameters()) + list(model.buffers())
     for st in opt.state.values():
         ts += [v for v in st.values() if torch.is_tensor(v)]

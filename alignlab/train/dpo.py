@@ -118,7 +118,7 @@ def main(cfg: DPOConfig, hooks: list | None = None) -> Path:
     run = tracking.start(cfg, cfg.run_dir, fresh=resume_from is None)
     policy, tok, device, prec = models.load_policy(cfg.model, cfg.lora, t.precision, resume_from=resume_from)
     models.disable_dropout(policy)
-    pack = cfg.data.max_seq_len if cfg.data.packing else None
+    pack = cfg.data.pack_len
     policy = dist.wrap(policy)
     # relora / rank1 merge the adapters into the base: adapters-off is no longer the reference
     adapter_ref = cfg.lora.enabled and not lora_actions.merges_into_base(cfg)

@@ -30,7 +30,7 @@ def evaluate(model, tok, eval_set: list[data.Encoded], cfg: SFTConfig, device, p
     nll, n_tok = 0.0, 0
     for mb in data.micro_batches(items, cfg.training.micro_batch, bucket=True,
                                  max_tokens=cfg.training.max_tokens_per_micro_batch, packed=cfg.data.packing):
-        batch = to_device(make_batch(mb, tok.pad_token_id, cfg.data.max_seq_len if cfg.data.packing else None), device)
+        batch = to_device(make_batch(mb, tok.pad_token_id, cfg.data.pack_len), device)
         logps = micro_logps(model, batch, device, prec)
         nll += float(-losses.masked_normalize(logps, batch["response_mask"]))
         n_tok += int(batch["response_mask"].sum())
@@ -88,7 +88,7 @@ def main(cfg: SFTConfig, hooks: list | None = None) -> Path:
             step_loss, n_seen = accumulate_step(  # this rank's share, normalised by the whole step's counts
                 policy, dist.shard(items), tok.pad_token_id, device, prec, micro_batch_seqs=t.micro_batch,
                 normalizer=t.loss_normalizer, bucket=cfg.data.length_bucketing,
-                packing_len=cfg.data.max_seq_len if cfg.data.packing else None, scaler=scaler,
+                packing_len=cfg.data.pack_len, scaler=scaler,
                 max_tokens=t.max_tokens_per_micro_batch, step_items=items)
             step_loss, n_seen = dist.sum([step_loss, n_seen])
             grad_norm = optim.step(policy, opt, sched, cfg.optim.max_grad_norm, scaler,
